@@ -1,0 +1,77 @@
+/* internal.h - structures shared by the token layer's files; not for the provider. */
+#ifndef P11TLS_INTERNAL_H
+#define P11TLS_INTERNAL_H
+
+#include <pthread.h>
+#include <sys/types.h>
+#include <time.h>
+#include "p11.h"
+
+#define P11_EXPORT __attribute__((visibility("default")))
+
+typedef struct p11_registry p11_registry;
+
+struct p11_token {
+    p11_module *mod;
+    CK_FUNCTION_LIST_PTR fl;
+    p11_uri *uri;
+    char *uri_text;
+    p11_pin *pin;
+    CK_SLOT_ID slot;
+    char label[33];
+    p11_caps caps;
+
+    pthread_mutex_t lock; /* pool and state below */
+    pthread_cond_t cond;
+    pid_t pid;
+    unsigned long gen;   /* module (re)initialisations: sessions of older ones are gone */
+    unsigned long epoch; /* object validity: bumped when session objects may be lost */
+    unsigned long login_gen;
+    int broken; /* the token went away; recover on next use */
+    time_t last_recovery;
+    int pin_failed; /* never retry a wrong PIN */
+    CK_SESSION_HANDLE *idle;
+    unsigned nidle, nopen, max_sessions;
+
+    /* secrets */
+    p11_registry *pms, *ms;
+    CK_OBJECT_HANDLE wrap_key;
+    unsigned long wrap_gen;
+    pthread_mutex_t wrap_lock;
+};
+
+/* caps.c */
+void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE h, int force_ms,
+                    p11_caps *c);
+
+/* token.c: find the token's slot (again) and log in; called with t->lock not held */
+int p11_token_select_slot(p11_token *t);
+CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h);
+
+/* objects.c */
+CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
+                   CK_ULONG *count);
+CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h);
+CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o);
+
+/* registry.c: a bounded, thread-safe map from 48-byte handles to token objects */
+typedef struct {
+    CK_OBJECT_HANDLE obj[2]; /* pms: {unwrapped, random}; ms: {ms, 0} */
+    unsigned flags;          /* pms: 1 = unwrapped secret is good */
+    unsigned client_version, alt_version;
+} p11_reg_value;
+p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime);
+void p11_registry_free(p11_registry *r);
+/* Inserts (takes ownership of the objects). Evicted objects of the current epoch are
+ * destroyed through s. */
+int p11_registry_put(p11_registry *r, p11_session *s, const unsigned char key[48],
+                     const p11_reg_value *v);
+/* Finds a live entry of this epoch. take=1 removes it and hands the caller its
+ * objects (*ref = NULL). take=0 pins it: the objects stay valid until
+ * p11_registry_release(r, s, *ref), even if the entry is evicted meanwhile. */
+int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long epoch, int take,
+                     p11_reg_value *out, void **ref);
+void p11_registry_release(p11_registry *r, p11_session *s, void *ref);
+unsigned long p11_registry_count(p11_registry *r);
+
+#endif

@@ -1,0 +1,174 @@
+/* log.c - the one error idiom and the debug log of the token layer, and the
+ * call wrapper's bookkeeping (per-function counters, fault-injection hook).
+ * Library code never prints unless P11TLS_DEBUG asks for it. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/proverr.h>
+#include "p11.h"
+
+p11_fault_fn p11_fault_hook = NULL;
+_Thread_local CK_RV p11_injected_rv = CKR_OK;
+
+static pthread_once_t dbg_once = PTHREAD_ONCE_INIT;
+static FILE *dbg_out = NULL;
+
+static void dbg_init(void)
+{
+    const char *v = getenv("P11TLS_DEBUG");
+    if (v == NULL || *v == '\0' || strcmp(v, "0") == 0)
+        return;
+    if (strchr(v, '/') != NULL) {
+        dbg_out = fopen(v, "ae");
+        if (dbg_out != NULL)
+            setvbuf(dbg_out, NULL, _IOLBF, 0);
+    }
+    if (dbg_out == NULL)
+        dbg_out = stderr;
+}
+
+int p11_debug_enabled(void)
+{
+    pthread_once(&dbg_once, dbg_init);
+    return dbg_out != NULL;
+}
+
+void p11_debug(const char *fmt, ...)
+{
+    va_list ap;
+    char line[1024];
+    struct timeval tv;
+
+    if (!p11_debug_enabled())
+        return;
+    gettimeofday(&tv, NULL);
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fprintf(dbg_out, "p11tls[%ld] %ld.%06ld %s\n", (long)getpid(), (long)tv.tv_sec,
+            (long)tv.tv_usec, line);
+}
+
+static int reason_for(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+    case CKR_PIN_EXPIRED:
+    case CKR_PIN_LOCKED:
+        return PROV_R_BAD_DECRYPT; /* closest public reason; text says it all */
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_OBJECT_HANDLE_INVALID:
+        return PROV_R_INVALID_KEY;
+    case CKR_DEVICE_MEMORY:
+    case CKR_HOST_MEMORY:
+        return ERR_R_MALLOC_FAILURE;
+    default:
+        return ERR_R_OPERATION_FAIL;
+    }
+}
+
+void p11_err_ckr(const char *call, CK_RV rv, const char *fmt, ...)
+{
+    char ctx[512] = "";
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx, sizeof(ctx), fmt, ap);
+        va_end(ap);
+    }
+    ERR_raise_data(ERR_LIB_PROV, reason_for(rv), "p11tls: %s failed: %s%s%s", call,
+                   p11_ckr_name(rv), ctx[0] ? ": " : "", ctx);
+    p11_debug("error: %s -> %s%s%s", call, p11_ckr_name(rv), ctx[0] ? ": " : "", ctx);
+}
+
+void p11_err(int reason, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    ERR_raise_data(ERR_LIB_PROV, reason, "p11tls: %s", msg);
+    p11_debug("error: %s", msg);
+}
+
+/* ---- per-function counters: a small fixed table, updated atomically ---- */
+#define MAX_COUNTED 64
+static struct {
+    const char *name;
+    unsigned long n;
+} counts[MAX_COUNTED];
+static pthread_mutex_t counts_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void count_call(const char *call)
+{
+    for (int i = 0; i < MAX_COUNTED; i++) {
+        const char *n = __atomic_load_n(&counts[i].name, __ATOMIC_ACQUIRE);
+        if (n == call || (n != NULL && strcmp(n, call) == 0)) {
+            __atomic_add_fetch(&counts[i].n, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        if (n == NULL) {
+            pthread_mutex_lock(&counts_lock);
+            if (counts[i].name == NULL)
+                __atomic_store_n(&counts[i].name, call, __ATOMIC_RELEASE);
+            pthread_mutex_unlock(&counts_lock);
+            i--; /* look at slot i again */
+        }
+    }
+}
+
+CK_RV p11_call_end(const char *call, CK_RV rv)
+{
+    count_call(call);
+    if (p11_debug_enabled())
+        p11_debug("%s -> %s", call, p11_ckr_name(rv));
+    return rv;
+}
+
+unsigned long p11_call_count(const char *call)
+{
+    unsigned long total = 0;
+    for (int i = 0; i < MAX_COUNTED; i++) {
+        const char *n = __atomic_load_n(&counts[i].name, __ATOMIC_ACQUIRE);
+        if (n == NULL)
+            break;
+        if (call == NULL || strcmp(n, call) == 0)
+            total += __atomic_load_n(&counts[i].n, __ATOMIC_RELAXED);
+    }
+    return total;
+}
+
+void p11_call_counts_reset(void)
+{
+    for (int i = 0; i < MAX_COUNTED; i++)
+        __atomic_store_n(&counts[i].n, 0, __ATOMIC_RELAXED);
+}
+
+void p11_call_counts_format(char *buf, size_t len)
+{
+    size_t off = 0;
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    for (int i = 0; i < MAX_COUNTED && off < len; i++) {
+        const char *n = __atomic_load_n(&counts[i].name, __ATOMIC_ACQUIRE);
+        if (n == NULL)
+            break;
+        unsigned long c = __atomic_load_n(&counts[i].n, __ATOMIC_RELAXED);
+        if (c == 0)
+            continue;
+        int w = snprintf(buf + off, len - off, "%s%s=%lu", off ? " " : "", n, c);
+        if (w < 0)
+            break;
+        off += (size_t)w;
+    }
+}

@@ -1,0 +1,127 @@
+/* module.c - loading a PKCS#11 module (by path, or by p11-kit module name),
+ * initialising it with OS locking and pReserved init arguments, and
+ * re-initialising it after fork or device loss. */
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/proverr.h>
+#include <p11-kit/p11-kit.h>
+#include "p11.h"
+
+struct p11_module {
+    CK_FUNCTION_LIST_PTR fl;
+    char *path;
+    char *init_args; /* NULL: none */
+    int initialized;
+};
+
+static CK_RV module_initialize(p11_module *m)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_RV rv;
+
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = m->init_args;
+    rv = P11_CALL(m->fl, C_Initialize, &args);
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        rv = CKR_OK; /* someone else in this process initialised it: fine */
+    m->initialized = (rv == CKR_OK);
+    return rv;
+}
+
+/* A p11-kit module name: find its path and x-init-reserved in p11-kit's config. */
+static int resolve_name(const char *name, char **path, char **init_args)
+{
+    CK_FUNCTION_LIST **mods = p11_kit_modules_load(NULL, P11_KIT_MODULE_UNMANAGED);
+    CK_FUNCTION_LIST *mod;
+    int ok = 0;
+
+    if (mods == NULL) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "pkcs11-module: p11-kit could not load its module list: %s",
+                p11_kit_message() ? p11_kit_message() : "no message");
+        return 0;
+    }
+    mod = p11_kit_module_for_name(mods, name);
+    if (mod == NULL) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "pkcs11-module: no p11-kit module named '%s' (see p11-kit list-modules)", name);
+    } else {
+        *path = p11_kit_module_get_filename(mod);
+        if (*init_args == NULL)
+            *init_args = p11_kit_config_option(mod, "x-init-reserved");
+        ok = *path != NULL;
+    }
+    p11_kit_modules_release(mods);
+    return ok;
+}
+
+p11_module *p11_module_load(const char *path_or_name, const char *init_args)
+{
+    p11_module *m;
+    char *path = NULL, *args = NULL;
+    CK_RV rv;
+
+    if (path_or_name == NULL || *path_or_name == '\0') {
+        p11_err(PROV_R_INVALID_CONFIG_DATA, "pkcs11-module: not configured");
+        return NULL;
+    }
+    if (init_args != NULL && *init_args != '\0')
+        args = strdup(init_args);
+    if (strchr(path_or_name, '/') != NULL) {
+        path = strdup(path_or_name);
+    } else if (!resolve_name(path_or_name, &path, &args)) {
+        free(args);
+        return NULL;
+    }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL || path == NULL) {
+        free(m);
+        free(path);
+        free(args);
+        return NULL;
+    }
+    m->path = path;
+    m->init_args = args;
+    m->fl = p11_kit_module_load(path, P11_KIT_MODULE_UNMANAGED | P11_KIT_MODULE_CRITICAL);
+    if (m->fl == NULL) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA, "pkcs11-module: cannot load '%s': %s", path,
+                p11_kit_message() ? p11_kit_message() : "no message");
+        p11_module_free(m);
+        return NULL;
+    }
+    rv = module_initialize(m);
+    if (rv != CKR_OK) {
+        p11_err_ckr("C_Initialize", rv, "module '%s'%s", path,
+                    m->init_args ? " (check pkcs11-init-args)" : "");
+        p11_module_free(m);
+        return NULL;
+    }
+    p11_debug("module %s loaded", path);
+    return m;
+}
+
+/* Deliberately no C_Finalize and no dlclose here: this runs from OpenSSL's
+ * exit-time cleanup, where SoftHSM2 2.6.1 crashes in C_Finalize. Sessions and
+ * session objects end with the process. */
+void p11_module_free(p11_module *m)
+{
+    if (m == NULL)
+        return;
+    free(m->path);
+    free(m->init_args);
+    free(m);
+}
+
+CK_FUNCTION_LIST_PTR p11_module_functions(p11_module *m)
+{
+    return m->fl;
+}
+
+CK_RV p11_module_reinit(p11_module *m)
+{
+    if (m->initialized)
+        (void)P11_CALL(m->fl, C_Finalize, NULL);
+    m->initialized = 0;
+    return module_initialize(m);
+}

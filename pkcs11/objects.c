@@ -1,0 +1,289 @@
+/* objects.c - token objects: finding RSA keys by URI (re-found after a
+ * re-initialisation), their public half, and the private-key operations
+ * (sign, decrypt) each done as one Init + one call in a pooled session. */
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/proverr.h>
+#include "internal.h"
+
+struct p11_key {
+    p11_token *tok;
+    int refs;
+    unsigned char *id;
+    size_t id_len;
+    char *label;
+    CK_OBJECT_HANDLE obj;
+    unsigned long gen;
+    pthread_mutex_t lock;
+    unsigned char *n, *e;
+    size_t nlen, elen;
+};
+
+CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
+                   CK_ULONG *count)
+{
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG got = 0;
+    CK_RV rv = P11_CALL(s->fl, C_FindObjectsInit, s->h, tmpl, n);
+    if (rv != CKR_OK)
+        return rv;
+    rv = P11_CALL(s->fl, C_FindObjects, s->h, found, 2, &got);
+    (void)P11_CALL(s->fl, C_FindObjectsFinal, s->h);
+    if (rv != CKR_OK)
+        return rv;
+    *count = got;
+    if (got >= 1)
+        *out = found[0];
+    return CKR_OK;
+}
+
+CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h)
+{
+    if (h == CK_INVALID_HANDLE)
+        return CKR_OK;
+    return P11_CALL(s->fl, C_DestroyObject, s->h, h);
+}
+
+static CK_RV get_attr(p11_session *s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+                      unsigned char **val, size_t *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    CK_RV rv = P11_CALL(s->fl, C_GetAttributeValue, s->h, o, &a, 1);
+    if (rv != CKR_OK)
+        return rv;
+    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0)
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    *val = malloc(a.ulValueLen);
+    if (*val == NULL)
+        return CKR_HOST_MEMORY;
+    a.pValue = *val;
+    rv = P11_CALL(s->fl, C_GetAttributeValue, s->h, o, &a, 1);
+    if (rv != CKR_OK) {
+        free(*val);
+        *val = NULL;
+        return rv;
+    }
+    *len = a.ulValueLen;
+    return CKR_OK;
+}
+
+/* Finds the object of class cls that matches the key's id/label. */
+static CK_RV find_key_object(p11_session *s, const p11_key *k, CK_OBJECT_CLASS cls,
+                             CK_OBJECT_HANDLE *o, CK_ULONG *count)
+{
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_ATTRIBUTE t[4] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}};
+    CK_ULONG n = 2;
+    if (k->id != NULL)
+        t[n++] = (CK_ATTRIBUTE){CKA_ID, k->id, k->id_len};
+    if (k->label != NULL)
+        t[n++] = (CK_ATTRIBUTE){CKA_LABEL, k->label, strlen(k->label)};
+    return p11_find_one(s, t, n, o, count);
+}
+
+static const char *key_name(const p11_key *k)
+{
+    return k->label ? k->label : "(by id)";
+}
+
+p11_key *p11_key_find(p11_token *t, const p11_uri *uri)
+{
+    p11_key *k = calloc(1, sizeof(*k));
+    p11_session s;
+    CK_ULONG count = 0;
+    CK_OBJECT_HANDLE pub;
+    CK_RV rv;
+
+    if (k == NULL)
+        return NULL;
+    k->tok = t;
+    k->refs = 1;
+    pthread_mutex_init(&k->lock, NULL);
+    if (uri->type != NULL && strcmp(uri->type, "private") != 0) {
+        p11_err(PROV_R_INVALID_KEY, "key URI: type=%s is not a private key", uri->type);
+        goto fail;
+    }
+    if (!uri->has_id && uri->object == NULL) {
+        p11_err(PROV_R_INVALID_KEY, "key URI: needs an id or an object attribute");
+        goto fail;
+    }
+    if (uri->has_id) {
+        k->id = malloc(uri->id_len ? uri->id_len : 1);
+        if (k->id == NULL)
+            goto fail;
+        memcpy(k->id, uri->id, uri->id_len);
+        k->id_len = uri->id_len;
+    }
+    if (uri->object != NULL && (k->label = strdup(uri->object)) == NULL)
+        goto fail;
+
+    if (!p11_session_get(t, &s))
+        goto fail;
+    rv = find_key_object(&s, k, CKO_PRIVATE_KEY, &k->obj, &count);
+    if (rv != CKR_OK) {
+        p11_err_ckr("C_FindObjects", rv, "private key '%s'", key_name(k));
+    } else if (count != 1) {
+        p11_err(PROV_R_INVALID_KEY, "key URI: %s RSA private key '%s' in token '%s'",
+                count ? "more than one" : "no", key_name(k), t->label);
+        rv = CKR_GENERAL_ERROR;
+    } else {
+        k->gen = s.gen;
+        /* The public half: on the private key itself, else on its public key object. */
+        if (get_attr(&s, k->obj, CKA_MODULUS, &k->n, &k->nlen) != CKR_OK ||
+            get_attr(&s, k->obj, CKA_PUBLIC_EXPONENT, &k->e, &k->elen) != CKR_OK) {
+            free(k->n);
+            k->n = NULL;
+            if (find_key_object(&s, k, CKO_PUBLIC_KEY, &pub, &count) == CKR_OK && count == 1) {
+                get_attr(&s, pub, CKA_MODULUS, &k->n, &k->nlen);
+                get_attr(&s, pub, CKA_PUBLIC_EXPONENT, &k->e, &k->elen);
+            }
+        }
+        if (k->n == NULL || k->e == NULL) {
+            p11_err(PROV_R_INVALID_KEY,
+                    "key '%s': its public modulus and exponent cannot "
+                    "be read",
+                    key_name(k));
+            rv = CKR_GENERAL_ERROR;
+        }
+    }
+    p11_session_put(&s, rv);
+    if (rv != CKR_OK)
+        goto fail;
+    return k;
+fail:
+    p11_key_free(k);
+    return NULL;
+}
+
+p11_key *p11_key_ref(p11_key *k)
+{
+    __atomic_add_fetch(&k->refs, 1, __ATOMIC_RELAXED);
+    return k;
+}
+
+void p11_key_free(p11_key *k)
+{
+    if (k == NULL || __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    free(k->id);
+    free(k->label);
+    free(k->n);
+    free(k->e);
+    pthread_mutex_destroy(&k->lock);
+    free(k);
+}
+
+p11_token *p11_key_token(const p11_key *k)
+{
+    return k->tok;
+}
+
+void p11_key_public(const p11_key *k, const unsigned char **n, size_t *nlen,
+                    const unsigned char **e, size_t *elen)
+{
+    *n = k->n;
+    *nlen = k->nlen;
+    *e = k->e;
+    *elen = k->elen;
+}
+
+size_t p11_key_bits(const p11_key *k)
+{
+    size_t i = 0, bits;
+    while (i < k->nlen && k->n[i] == 0)
+        i++;
+    if (i == k->nlen)
+        return 0;
+    bits = (k->nlen - i) * 8;
+    for (unsigned char c = k->n[i]; !(c & 0x80); c <<= 1)
+        bits--;
+    return bits;
+}
+
+/* The private key's object handle in this session's generation (re-found after
+ * a fork or a token loss re-initialised the module). */
+CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o)
+{
+    CK_RV rv = CKR_OK;
+    CK_ULONG count = 0;
+    pthread_mutex_lock(&k->lock);
+    if (k->gen != s->gen) {
+        rv = find_key_object(s, k, CKO_PRIVATE_KEY, &k->obj, &count);
+        if (rv == CKR_OK && count != 1)
+            rv = CKR_KEY_HANDLE_INVALID;
+        if (rv == CKR_OK)
+            k->gen = s->gen;
+    }
+    *o = k->obj;
+    pthread_mutex_unlock(&k->lock);
+    return rv;
+}
+
+/* Runs op once, and once more in a fresh session if the session or token was lost. */
+#define WITH_RETRY(k, s, rv, body)                                                                 \
+    for (int attempt_ = 0; attempt_ < 2; attempt_++) {                                             \
+        if (!p11_session_get((k)->tok, &(s)))                                                      \
+            return 0;                                                                              \
+        body;                                                                                      \
+        p11_session_put(&(s), rv);                                                                 \
+        if (!p11_rv_is_session_loss(rv))                                                           \
+            break;                                                                                 \
+    }
+
+int p11_rsa_sign(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                 unsigned char *sig, size_t *siglen)
+{
+    p11_session s;
+    CK_RV rv = CKR_OK;
+    CK_ULONG outlen = 0;
+    const char *call = "C_SignInit";
+
+    WITH_RETRY(k, s, rv, {
+        CK_OBJECT_HANDLE o;
+        call = "C_SignInit";
+        outlen = *siglen;
+        rv = p11_key_object(k, &s, &o);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s.fl, C_SignInit, s.h, mech, o);
+        if (rv == CKR_OK) {
+            call = "C_Sign";
+            rv = P11_CALL(s.fl, C_Sign, s.h, (CK_BYTE_PTR)in, inlen, sig, &outlen);
+        }
+    });
+    if (rv != CKR_OK) {
+        p11_err_ckr(call, rv, "%s with key '%s'", p11_ckm_name(mech->mechanism), key_name(k));
+        return 0;
+    }
+    *siglen = outlen;
+    return 1;
+}
+
+int p11_rsa_decrypt(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                    unsigned char *out, size_t *outlen)
+{
+    p11_session s;
+    CK_RV rv = CKR_OK;
+    CK_ULONG olen = 0;
+    const char *call = "C_DecryptInit";
+
+    WITH_RETRY(k, s, rv, {
+        CK_OBJECT_HANDLE o;
+        call = "C_DecryptInit";
+        olen = *outlen;
+        rv = p11_key_object(k, &s, &o);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s.fl, C_DecryptInit, s.h, mech, o);
+        if (rv == CKR_OK) {
+            call = "C_Decrypt";
+            rv = P11_CALL(s.fl, C_Decrypt, s.h, (CK_BYTE_PTR)in, inlen, out, &olen);
+        }
+    });
+    if (rv != CKR_OK) {
+        p11_err_ckr(call, rv, "%s with key '%s'", p11_ckm_name(mech->mechanism), key_name(k));
+        return 0;
+    }
+    *outlen = olen;
+    return 1;
+}

@@ -1,0 +1,184 @@
+/* p11.h - the token layer of p11tls: everything p11tls does with a PKCS#11
+ * module goes through this API. No OpenSSL provider API is used below it;
+ * errors are raised on libcrypto's error stack (ERR_LIB_PROV). */
+#ifndef P11TLS_P11_H
+#define P11TLS_P11_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <p11-kit/pkcs11.h>
+#include "p11_ext.h"
+
+/* ---------------------------------------------------------------- names */
+/* "CKR_PIN_INCORRECT"; unknown values give "CKR_0x%08lx" (static per-thread buffer). */
+const char *p11_ckr_name(CK_RV rv);
+/* "CKM_RSA_PKCS", vendor values included. */
+const char *p11_ckm_name(CK_MECHANISM_TYPE m);
+
+/* ------------------------------------------------------- errors and log */
+/* Raises an OpenSSL error naming the call and the CKR_ name, plus context. */
+void p11_err_ckr(const char *call, CK_RV rv, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Raises an OpenSSL error (ERR_LIB_PROV, reason) with a formatted text. */
+void p11_err(int reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Debug log: only when P11TLS_DEBUG is set (to 1, or to a file path). */
+int p11_debug_enabled(void);
+void p11_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ------------------------------------------------------------ call layer */
+/* Every C_* call goes through P11_CALL: debug log, per-function counters,
+ * and fault injection for tests (p11_fault_hook, NULL in production). */
+typedef CK_RV (*p11_fault_fn)(const char *call);
+extern p11_fault_fn p11_fault_hook;
+extern _Thread_local CK_RV p11_injected_rv;
+CK_RV p11_call_end(const char *call, CK_RV rv);
+#define P11_CALL(fl, fn, ...)                                                                      \
+    p11_call_end(#fn,                                                                              \
+                 (p11_fault_hook != NULL && (p11_injected_rv = p11_fault_hook(#fn)) != CKR_OK)     \
+                     ? p11_injected_rv                                                             \
+                     : (fl)->fn(__VA_ARGS__))
+/* Counters of calls made by this process, by function name (benchmarks, tests). */
+unsigned long p11_call_count(const char *call); /* NULL: all calls */
+void p11_call_counts_reset(void);
+/* Writes "C_Sign=12 C_SignInit=12 ..." into buf. */
+void p11_call_counts_format(char *buf, size_t len);
+
+/* ------------------------------------------------------------------ URI */
+/* RFC 7512 PKCS#11 URI. Absent attributes are NULL (has_* for non-strings). */
+typedef struct p11_uri {
+    char *token, *manufacturer, *serial, *model;
+    char *library_manufacturer, *library_description, *library_version;
+    char *slot_manufacturer, *slot_description;
+    int has_slot_id;
+    CK_SLOT_ID slot_id;
+    char *object;
+    int has_id;
+    unsigned char *id;
+    size_t id_len;
+    char *type; /* "private", "public", "cert", "secret-key", "data" */
+    char *pin_source, *pin_value, *module_name, *module_path;
+} p11_uri;
+/* Returns 1 and *out, or 0 with a message naming the attribute in err. */
+int p11_uri_parse(const char *str, p11_uri **out, char *err, size_t errlen);
+void p11_uri_free(p11_uri *uri);
+/* Matchers: 1 when every attribute present in uri matches the (space-padded) info. */
+int p11_uri_match_library(const p11_uri *uri, const CK_INFO *info);
+int p11_uri_match_slot(const p11_uri *uri, CK_SLOT_ID id, const CK_SLOT_INFO *info);
+int p11_uri_match_token(const p11_uri *uri, const CK_TOKEN_INFO *info);
+
+/* ------------------------------------------------------------------ PIN */
+/* A PIN held in locked, non-dumpable memory, wiped when freed. */
+typedef struct p11_pin p11_pin;
+p11_pin *p11_pin_new(const char *value, size_t len);
+/* "file:/path", "/path" or "env:VAR"; 0 (NULL) with a message in err. */
+p11_pin *p11_pin_from_source(const char *source, char *err, size_t errlen);
+void p11_pin_free(p11_pin *pin);
+const unsigned char *p11_pin_data(const p11_pin *pin);
+size_t p11_pin_len(const p11_pin *pin);
+
+/* --------------------------------------------------------------- module */
+typedef struct p11_module p11_module;
+/* A path (contains '/') is dlopen'ed through p11-kit; otherwise a p11-kit module
+ * name. init_args becomes CK_C_INITIALIZE_ARGS.pReserved (NULL or "" for none). */
+p11_module *p11_module_load(const char *path_or_name, const char *init_args);
+void p11_module_free(p11_module *m);
+CK_FUNCTION_LIST_PTR p11_module_functions(p11_module *m);
+/* C_Finalize (errors ignored) then C_Initialize: after fork or device loss. */
+CK_RV p11_module_reinit(p11_module *m);
+
+/* --------------------------------------------------------- capabilities */
+typedef enum { P11_LEVEL_NONE = 0, P11_LEVEL_TRANSIENT = 1, P11_LEVEL_SEALED = 2 } p11_level;
+typedef enum { P11_MS_NONE = 0, P11_MS_HMAC, P11_MS_SP800_108, P11_MS_NATIVE } p11_ms_strategy;
+typedef struct {
+    int rsa_pkcs, rsa_pkcs_unwrap, rsa_oaep, rsa_pss, rsa_x509;
+    int generic_keygen, aes_keygen;
+    int hmac_sha256, hmac_sha384;
+    int tls12_master, tls12_master_dh, nss_ems, nss_ems_dh, std_ems, std_ems_dh;
+    int nss_prf_sha256;
+    int sp800_dp;
+    int aes_ecb_wrap, aes_ecb_unwrap, aes_ecb_encrypt, aes_ecb_decrypt;
+    p11_ms_strategy ms;
+    p11_level level;
+    char missing[256]; /* what keeps this token below `sealed` */
+} p11_caps;
+const char *p11_level_name(p11_level l);
+int p11_level_parse(const char *s, p11_level *out);
+const char *p11_ms_strategy_name(p11_ms_strategy s);
+
+/* ---------------------------------------------------------------- token */
+typedef struct {
+    const char *module;        /* path or p11-kit module name (else the URI's module-*) */
+    const char *init_args;     /* pReserved for C_Initialize */
+    const char *token_uri;     /* RFC 7512 URI selecting the token */
+    const char *pin_source;    /* "file:...", "env:VAR"; else the URI's pin-* */
+    unsigned max_sessions;     /* 0: default (16) */
+    unsigned handle_lifetime;  /* seconds a cached secret object lives; 0: 7200 */
+    unsigned handle_cache_max; /* entries; 0: 4096 */
+    int force_ms;              /* P11_MS_* to force a strategy (tests); 0: best */
+} p11_token_cfg;
+
+typedef struct p11_token p11_token;
+/* Loads the module, selects the token, logs in, probes capabilities. */
+p11_token *p11_token_open(const p11_token_cfg *cfg);
+void p11_token_free(p11_token *t);
+const char *p11_token_label(const p11_token *t);
+const p11_caps *p11_token_caps(const p11_token *t);
+/* Process-wide epoch: changes when sessions/objects were lost (fork, recovery). */
+unsigned long p11_token_epoch(const p11_token *t);
+
+/* ------------------------------------------------------------- sessions */
+typedef struct {
+    p11_token *tok;
+    CK_FUNCTION_LIST_PTR fl;
+    CK_SESSION_HANDLE h;
+    unsigned long epoch;
+    unsigned long gen; /* module generation the session belongs to */
+} p11_session;
+/* Borrows a logged-in session (re-initialising after fork or token loss). */
+int p11_session_get(p11_token *t, p11_session *s);
+/* Returns it; last_rv tells whether the session (or the token) was lost. */
+void p11_session_put(p11_session *s, CK_RV last_rv);
+/* 1 when rv means the session or device is gone and a retry may succeed. */
+int p11_rv_is_session_loss(CK_RV rv);
+
+/* ------------------------------------------------------------- RSA keys */
+typedef struct p11_key p11_key;
+/* Finds a private RSA key (by the URI's id and/or object label) and its public half. */
+p11_key *p11_key_find(p11_token *t, const p11_uri *uri);
+p11_key *p11_key_ref(p11_key *k);
+void p11_key_free(p11_key *k);
+p11_token *p11_key_token(const p11_key *k);
+/* Big-endian modulus and public exponent. */
+void p11_key_public(const p11_key *k, const unsigned char **n, size_t *nlen,
+                    const unsigned char **e, size_t *elen);
+size_t p11_key_bits(const p11_key *k);
+/* One C_SignInit + C_Sign with the key (mech: CKM_RSA_PKCS over a DigestInfo, or PSS). */
+int p11_rsa_sign(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                 unsigned char *sig, size_t *siglen);
+/* C_DecryptInit + C_Decrypt (general callers: PKCS#1 v1.5 and OAEP). */
+int p11_rsa_decrypt(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                    unsigned char *out, size_t *outlen);
+
+/* -------------------------------------------------------------- TLS 1.2 */
+#define P11_TLS_HANDLE_LEN 48
+typedef enum { P11_PRF_SHA256 = 0, P11_PRF_SHA384 = 1 } p11_prf_hash;
+/* RSA key exchange: ct (exactly modulus length, publicly valid) is unwrapped into
+ * the token; bad padding, wrong length or (where the token shows it) wrong version
+ * all give a random secret, with the same result and call sequence. alt_version
+ * (0: none) is also accepted (SSL_OP_TLS_ROLLBACK_BUG). Returns 0
+ * only for token failures unrelated to the ciphertext. */
+int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsigned client_version,
+                       unsigned alt_version, unsigned char handle[P11_TLS_HANDLE_LEN]);
+/* Master secret (ems=0: seed = client_random||server_random; ems=1: session hash).
+ * secret is a pre-master-secret handle from p11_tls_pms_unwrap, or raw bytes that
+ * are imported into the token. Writes a master-secret handle. */
+int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *secret,
+                   size_t secretlen, const unsigned char *seed, size_t seedlen,
+                   unsigned char handle[P11_TLS_HANDLE_LEN]);
+/* PRF(master secret behind handle, label||seed) -> out (key block, Finished, exporters). */
+int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS_HANDLE_LEN],
+                const unsigned char *labelseed, size_t lslen, unsigned char *out, size_t outlen);
+/* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
+unsigned long p11_tls_live_objects(p11_token *t);
+
+#endif

@@ -1,0 +1,572 @@
+/* tls12.c - the TLS 1.2 secrets in the token: the pre-master secret unwrapped
+ * into it (with implicit rejection), the master secret derived into it, and
+ * the PRF outputs (key block, Finished, exporters) computed from it.
+ *
+ * Handles: libssl holds 48 bytes where it believes the master secret is. They
+ * are the master secret encrypted under a long-lived AES-256 token key (one per
+ * token, created once, found again by label), so any process using the same
+ * token can resolve them: nginx workers, a restarted server reading tickets. A
+ * registry caches the resolved token objects; a miss unwraps the handle again.
+ * A forged handle unwraps to a garbage secret: the handshake fails at Finished.
+ * Pre-master-secret handles are random bytes known only to the registry. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/proverr.h>
+#include "internal.h"
+
+#define WRAP_LABEL_SEALED "p11tls-ms-wrap-sealed-v1"
+#define WRAP_LABEL_TRANSIENT "p11tls-ms-wrap-transient-v1"
+
+static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static const CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
+static const CK_KEY_TYPE generic_type = CKK_GENERIC_SECRET;
+
+/* Template of every per-connection secret: a sensitive session object. */
+#define SECRET_TEMPLATE(extractable)                                                               \
+    {CKA_CLASS, (void *)&secret_class, sizeof(secret_class)},                                      \
+        {CKA_KEY_TYPE, (void *)&generic_type, sizeof(generic_type)},                               \
+        {CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},          \
+        {CKA_EXTRACTABLE, (void *)(extractable), sizeof(CK_BBOOL)},                                \
+        {CKA_SIGN, (void *)&yes, sizeof(yes)},                                                     \
+    {                                                                                              \
+        CKA_DERIVE, (void *)&yes, sizeof(yes)                                                      \
+    }
+#define SECRET_TEMPLATE_N 7
+
+static int fail_ckr(const char *call, CK_RV rv, const char *what)
+{
+    p11_err_ckr(call, rv, "%s", what);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the wrap key */
+
+static CK_RV find_wrap_keys(p11_session *s, const char *label, CK_OBJECT_HANDLE *objs, CK_ULONG max,
+                            CK_ULONG *n)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, (void *)&yes, sizeof(yes)},
+                        {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_RV rv = P11_CALL(s->fl, C_FindObjectsInit, s->h, t, 4);
+    if (rv != CKR_OK)
+        return rv;
+    rv = P11_CALL(s->fl, C_FindObjects, s->h, objs, max, n);
+    (void)P11_CALL(s->fl, C_FindObjectsFinal, s->h);
+    return rv;
+}
+
+/* The token's handle-wrapping key, created on first use. Two processes racing to
+ * create it both keep the one with the smallest CKA_ID and destroy their own. */
+static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
+{
+    p11_token *t = s->tok;
+    int sealed = t->caps.ms != P11_MS_HMAC;
+    const char *label = sealed ? WRAP_LABEL_SEALED : WRAP_LABEL_TRANSIENT;
+    CK_OBJECT_HANDLE objs[8], mine = CK_INVALID_HANDLE, best = CK_INVALID_HANDLE;
+    unsigned char best_id[16];
+    CK_ULONG n = 0;
+    CK_RV rv;
+
+    pthread_mutex_lock(&t->wrap_lock);
+    if (t->wrap_gen == s->gen && t->wrap_key != CK_INVALID_HANDLE) {
+        *out = t->wrap_key;
+        pthread_mutex_unlock(&t->wrap_lock);
+        return CKR_OK;
+    }
+    rv = find_wrap_keys(s, label, objs, 8, &n);
+    if (rv == CKR_OK && n == 0) {
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE kt = CKK_AES;
+        CK_ULONG len = 32;
+        unsigned char id[16];
+        CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+        /* sealed: wrap/unwrap only, so nobody can C_Decrypt a handle back into a
+         * master secret; transient: the token cannot unwrap with AES-ECB, so
+         * encrypt/decrypt (the secret passes through p11tls's memory anyway). */
+        CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                               {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                               {CKA_VALUE_LEN, &len, sizeof(len)},
+                               {CKA_TOKEN, (void *)&yes, sizeof(yes)},
+                               {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+                               {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
+                               {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
+                               {CKA_LABEL, (void *)label, strlen(label)},
+                               {CKA_ID, id, sizeof(id)},
+                               {CKA_WRAP, (void *)(sealed ? &yes : &no), sizeof(yes)},
+                               {CKA_UNWRAP, (void *)(sealed ? &yes : &no), sizeof(yes)},
+                               {CKA_ENCRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)},
+                               {CKA_DECRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)}};
+        if (getrandom(id, sizeof(id), 0) != sizeof(id)) {
+            rv = CKR_FUNCTION_FAILED;
+        } else {
+            rv = P11_CALL(s->fl, C_GenerateKey, s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
+                          &mine);
+            if (rv == CKR_OK)
+                p11_debug("created token key '%s' in token '%s'", label, t->label);
+            else
+                p11_err_ckr("C_GenerateKey", rv, "creating the handle key '%s' in token '%s'",
+                            label, t->label);
+        }
+        if (rv == CKR_OK)
+            rv = find_wrap_keys(s, label, objs, 8, &n);
+    } else if (rv != CKR_OK) {
+        p11_err_ckr("C_FindObjects", rv, "looking for the handle key '%s'", label);
+    }
+    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
+        unsigned char id[16];
+        CK_ATTRIBUTE a = {CKA_ID, id, sizeof(id)};
+        if (P11_CALL(s->fl, C_GetAttributeValue, s->h, objs[i], &a, 1) != CKR_OK ||
+            a.ulValueLen != sizeof(id))
+            memset(id, 0xff, sizeof(id));
+        if (best == CK_INVALID_HANDLE || memcmp(id, best_id, sizeof(id)) < 0) {
+            best = objs[i];
+            memcpy(best_id, id, sizeof(id));
+        }
+    }
+    if (rv == CKR_OK && best == CK_INVALID_HANDLE)
+        rv = CKR_KEY_HANDLE_INVALID;
+    if (rv == CKR_OK && mine != CK_INVALID_HANDLE && mine != best)
+        (void)P11_CALL(s->fl, C_DestroyObject, s->h, mine);
+    if (rv == CKR_OK) {
+        t->wrap_key = best;
+        t->wrap_gen = s->gen;
+        *out = best;
+    }
+    pthread_mutex_unlock(&t->wrap_lock);
+    return rv;
+}
+
+/* Master-secret object -> handle. Sealed tokens wrap it; at `transient` the
+ * bytes (ms, the instant they exist in memory) are encrypted. */
+static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,
+                         unsigned char handle[48])
+{
+    CK_OBJECT_HANDLE k;
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    unsigned char buf[96];
+    CK_ULONG len = sizeof(buf);
+    CK_RV rv = wrap_key(s, &k);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (ms == NULL) {
+        rv = P11_CALL(s->fl, C_WrapKey, s->h, &ecb, k, ms_obj, buf, &len);
+    } else {
+        rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s->fl, C_Encrypt, s->h, (CK_BYTE_PTR)ms, 48, buf, &len);
+    }
+    if (rv == CKR_OK && len != 48)
+        rv = CKR_WRAPPED_KEY_LEN_RANGE;
+    if (rv == CKR_OK)
+        memcpy(handle, buf, 48);
+    return rv;
+}
+
+/* Handle -> a new master-secret object (registry miss: another process, a
+ * restart, an evicted entry). */
+static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *ms)
+{
+    CK_OBJECT_HANDLE k;
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    CK_ULONG vlen = 48;
+    CK_RV rv = wrap_key(s, &k);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (s->tok->caps.ms != P11_MS_HMAC) {
+        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
+                                                 {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
+        CK_ULONG got = 0;
+        CK_ATTRIBUTE a = {CKA_VALUE_LEN, &got, sizeof(got)};
+        rv = P11_CALL(s->fl, C_UnwrapKey, s->h, &ecb, k, (CK_BYTE_PTR)handle, 48, t,
+                      SECRET_TEMPLATE_N + 1, ms);
+        /* Some tokens silently accept a wrong length: insist on 48. */
+        if (rv == CKR_OK &&
+            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != 48)) {
+            (void)p11_destroy(s, *ms);
+            rv = CKR_WRAPPED_KEY_INVALID;
+        }
+        return rv;
+    } else {
+        unsigned char buf[64];
+        CK_ULONG len = sizeof(buf);
+        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no), {CKA_VALUE, buf, 48}};
+        rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, 48, buf, &len);
+        if (rv == CKR_OK && len != 48)
+            rv = CKR_WRAPPED_KEY_INVALID;
+        if (rv == CKR_OK)
+            rv = P11_CALL(s->fl, C_CreateObject, s->h, t, SECRET_TEMPLATE_N + 1, ms);
+        OPENSSL_cleanse(buf, sizeof(buf));
+        return rv;
+    }
+}
+
+/* -------------------------------------------------------------- P_hash */
+
+static CK_MECHANISM_TYPE hmac_mech(p11_prf_hash h)
+{
+    return h == P11_PRF_SHA384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC;
+}
+
+static size_t hash_len(p11_prf_hash h)
+{
+    return h == P11_PRF_SHA384 ? 48 : 32;
+}
+
+static CK_RV hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key,
+                  const unsigned char *in, size_t inlen, unsigned char *out, CK_ULONG olen)
+{
+    CK_MECHANISM mech = {m, NULL, 0};
+    CK_ULONG len = olen;
+    CK_RV rv = P11_CALL(s->fl, C_SignInit, s->h, &mech, key);
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_Sign, s->h, (CK_BYTE_PTR)in, inlen, out, &len);
+    if (rv == CKR_OK && len != olen)
+        rv = CKR_FUNCTION_FAILED;
+    return rv;
+}
+
+/* TLS 1.2's P_hash(secret, label||seed) with HMAC computed by the token. Only the
+ * output leaves it (for the master secret at `transient`, that output is it). */
+static CK_RV p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
+                    size_t lslen, unsigned char *out, size_t outlen)
+{
+    size_t hl = hash_len(h), done = 0;
+    CK_MECHANISM_TYPE m = hmac_mech(h);
+    unsigned char *buf = malloc(hl + lslen), blk[48];
+    CK_RV rv = CKR_OK;
+
+    if (buf == NULL)
+        return CKR_HOST_MEMORY;
+    memcpy(buf + hl, ls, lslen);
+    /* A(1) = HMAC(label||seed) */
+    rv = hmac(s, m, key, ls, lslen, buf, hl);
+    while (rv == CKR_OK && done < outlen) {
+        size_t take = outlen - done < hl ? outlen - done : hl;
+        rv = hmac(s, m, key, buf, hl + lslen, blk, hl); /* HMAC(A(i) || label||seed) */
+        if (rv != CKR_OK)
+            break;
+        memcpy(out + done, blk, take);
+        done += take;
+        if (done < outlen)
+            rv = hmac(s, m, key, buf, hl, buf, hl); /* A(i+1) = HMAC(A(i)) */
+    }
+    OPENSSL_cleanse(blk, sizeof(blk));
+    OPENSSL_cleanse(buf, hl + lslen);
+    free(buf);
+    return rv;
+}
+
+/* ------------------------------------------------------ pre-master secret */
+
+int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsigned client_version,
+                       unsigned alt_version, unsigned char handle[P11_TLS_HANDLE_LEN])
+{
+    p11_token *t = p11_key_token(k);
+    p11_session s;
+    CK_OBJECT_HANDLE kobj, r = CK_INVALID_HANDLE, p = CK_INVALID_HANDLE;
+    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
+    CK_ULONG len48 = 48, got = 0;
+    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
+                                              {CKA_VALUE_LEN, &len48, sizeof(len48)}};
+    CK_ATTRIBUTE pt[SECRET_TEMPLATE_N] = {SECRET_TEMPLATE(&no)};
+    CK_ATTRIBUTE la = {CKA_VALUE_LEN, &got, sizeof(got)};
+    p11_reg_value v;
+    CK_RV rv, urv;
+    unsigned good;
+
+    if (getrandom(handle, P11_TLS_HANDLE_LEN, 0) != P11_TLS_HANDLE_LEN) {
+        p11_err(ERR_R_OPERATION_FAIL, "getrandom failed");
+        return 0;
+    }
+    if (!p11_session_get(t, &s))
+        return 0;
+    rv = p11_key_object(k, &s, &kobj);
+    /* The random secret first, unconditionally: the fallback of RFC 5246 7.4.7.1. */
+    if (rv == CKR_OK)
+        rv = P11_CALL(s.fl, C_GenerateKey, s.h, &gen, rt, SECRET_TEMPLATE_N + 1, &r);
+    if (rv != CKR_OK) {
+        p11_session_put(&s, rv);
+        return fail_ckr("C_GenerateKey", rv, "random pre-master secret");
+    }
+    /* No CKA_VALUE_LEN: tokens differ on it. Whatever this returns, the calls that
+     * follow are the same; only the choice of object differs. */
+    urv = P11_CALL(s.fl, C_UnwrapKey, s.h, &rsa, kobj, (CK_BYTE_PTR)ct, ctlen, pt,
+                   SECRET_TEMPLATE_N, &p);
+    if (p11_rv_is_session_loss(urv)) {
+        p11_session_put(&s, urv);
+        return fail_ckr("C_UnwrapKey", urv, "pre-master secret");
+    }
+    good = (urv == CKR_OK);
+    rv = P11_CALL(s.fl, C_GetAttributeValue, s.h, good ? p : r, &la, 1);
+    /* A token that does not report the length (SoftHSM2 says 0 for an object
+     * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
+     * checked: see the README's security section. */
+    good &= (rv == CKR_OK) & ((got == 48) | (got == 0));
+    if (!good && p == r)
+        p = CK_INVALID_HANDLE;
+
+    memset(&v, 0, sizeof(v));
+    v.obj[0] = urv == CKR_OK ? p : CK_INVALID_HANDLE;
+    v.obj[1] = r;
+    v.flags = good;
+    v.client_version = client_version;
+    v.alt_version = alt_version;
+    if (!p11_registry_put(t->pms, &s, handle, &v)) {
+        (void)p11_destroy(&s, v.obj[0]);
+        (void)p11_destroy(&s, r);
+        p11_session_put(&s, CKR_OK);
+        p11_err(ERR_R_MALLOC_FAILURE, "pre-master secret registry");
+        return 0;
+    }
+    p11_session_put(&s, CKR_OK);
+    return 1;
+}
+
+/* ---------------------------------------------------------- master secret */
+
+static const char *ms_label(int ems)
+{
+    return ems ? "extended master secret" : "master secret";
+}
+
+/* Native TLS 1.2 mechanisms: derive from base; *ver receives the version bytes. */
+static CK_RV derive_native(p11_session *s, p11_prf_hash h, int ems, int with_version,
+                           CK_OBJECT_HANDLE base, const unsigned char *seed, size_t seedlen,
+                           CK_VERSION *ver, CK_OBJECT_HANDLE *ms)
+{
+    const p11_caps *c = &s->tok->caps;
+    CK_MECHANISM_TYPE prf = h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256;
+    CK_ATTRIBUTE t[SECRET_TEMPLATE_N] = {SECRET_TEMPLATE(&yes)};
+    P11_TLS12_MASTER_KEY_DERIVE_PARAMS tp;
+    P11_NSS_TLS_EXTENDED_MASTER_KEY_DERIVE_PARAMS ep;
+    CK_MECHANISM mech;
+
+    if (ems) {
+        ep.prfHashMechanism = prf;
+        ep.pSessionHash = (CK_BYTE_PTR)seed;
+        ep.ulSessionHashLen = seedlen;
+        ep.pVersion = with_version ? ver : NULL;
+        mech.mechanism = c->std_ems
+                             ? (with_version ? P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE
+                                             : P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE_DH)
+                             : (with_version ? P11_CKM_NSS_TLS_EXTENDED_MASTER_KEY_DERIVE
+                                             : P11_CKM_NSS_TLS_EXTENDED_MASTER_KEY_DERIVE_DH);
+        mech.pParameter = &ep;
+        mech.ulParameterLen = sizeof(ep);
+    } else {
+        if (seedlen != 64)
+            return CKR_MECHANISM_PARAM_INVALID;
+        tp.RandomInfo.pClientRandom = (CK_BYTE_PTR)seed;
+        tp.RandomInfo.ulClientRandomLen = 32;
+        tp.RandomInfo.pServerRandom = (CK_BYTE_PTR)seed + 32;
+        tp.RandomInfo.ulServerRandomLen = 32;
+        tp.pVersion = with_version ? ver : NULL;
+        tp.prfHashMechanism = prf;
+        mech.mechanism =
+            with_version ? CKM_TLS12_MASTER_KEY_DERIVE : CKM_TLS12_MASTER_KEY_DERIVE_DH;
+        mech.pParameter = &tp;
+        mech.ulParameterLen = sizeof(tp);
+    }
+    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, SECRET_TEMPLATE_N, ms);
+}
+
+/* SP 800-108 double-pipeline KDF with an HMAC PRF: TLS 1.2's P_hash, derived into
+ * the token (no counter, no length field; the data is label||seed). */
+static CK_RV derive_sp800(p11_session *s, p11_prf_hash h, const unsigned char *ls, size_t lslen,
+                          CK_OBJECT_HANDLE base, CK_OBJECT_HANDLE *ms)
+{
+    CK_ULONG len = 48;
+    CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
+                                             {CKA_VALUE_LEN, &len, sizeof(len)}};
+    P11_PRF_DATA_PARAM dp[2] = {{P11_SP800_108_ITERATION_VARIABLE, NULL, 0},
+                                {P11_SP800_108_BYTE_ARRAY, (void *)ls, lslen}};
+    P11_SP800_108_KDF_PARAMS kp = {hmac_mech(h), 2, dp, 0, NULL};
+    CK_MECHANISM mech = {P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF, &kp, sizeof(kp)};
+    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, SECRET_TEMPLATE_N + 1, ms);
+}
+
+int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *secret,
+                   size_t secretlen, const unsigned char *seed, size_t seedlen,
+                   unsigned char handle[P11_TLS_HANDLE_LEN])
+{
+    p11_session s;
+    p11_reg_value pv, mv;
+    void *ref;
+    int is_pms = 0;
+    CK_OBJECT_HANDLE base = CK_INVALID_HANDLE, ms = CK_INVALID_HANDLE;
+    CK_RV rv = CKR_OK;
+    const char *call = "C_DeriveKey";
+    const char *label = ms_label(ems);
+    size_t llen = strlen(label), lslen = llen + seedlen;
+    unsigned char *ls = NULL, msb[48];
+    int have_msb = 0;
+
+    if (!p11_session_get(t, &s))
+        return 0;
+    memset(&pv, 0, sizeof(pv));
+    if (secretlen == P11_TLS_HANDLE_LEN &&
+        p11_registry_get(t->pms, secret, s.epoch, 1, &pv, &ref)) {
+        is_pms = 1;
+        /* Bad padding or length: the random secret. The version is checked below
+         * where the token reports it. */
+        base = pv.flags ? pv.obj[0] : pv.obj[1];
+    } else {
+        /* Raw bytes (an ECDHE secret, a client's own pre-master secret): into the
+         * token as a sensitive session object. HMAC keys shorter than the block
+         * are zero-padded by HMAC itself, so padding to 48 bytes changes nothing
+         * and meets tokens' minimum HMAC key sizes. */
+        unsigned char pad[48];
+        CK_ATTRIBUTE tt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
+                                                  {CKA_VALUE, (void *)secret, secretlen}};
+        if (secretlen < 48 && t->caps.ms != P11_MS_NATIVE) {
+            memset(pad, 0, sizeof(pad));
+            memcpy(pad, secret, secretlen);
+            tt[SECRET_TEMPLATE_N].pValue = pad;
+            tt[SECRET_TEMPLATE_N].ulValueLen = sizeof(pad);
+        }
+        call = "C_CreateObject";
+        rv = P11_CALL(s.fl, C_CreateObject, s.h, tt, SECRET_TEMPLATE_N + 1, &base);
+        OPENSSL_cleanse(pad, sizeof(pad));
+    }
+
+    if (rv == CKR_OK && t->caps.ms == P11_MS_NATIVE) {
+        CK_VERSION v1 = {0, 0}, v2;
+        CK_OBJECT_HANDLE ms2 = CK_INVALID_HANDLE;
+        rv = derive_native(&s, h, ems, is_pms, base, seed, seedlen, &v1, &ms);
+        if (rv == CKR_OK && is_pms) {
+            /* Version check; a mismatch continues with the random secret. Both
+             * derivations always run, so the calls do not depend on the outcome. */
+            unsigned ver = ((unsigned)v1.major << 8) | v1.minor;
+            unsigned ok = pv.flags & ((ver == pv.client_version) |
+                                      (pv.alt_version != 0 && ver == pv.alt_version));
+            rv = derive_native(&s, h, ems, 1, pv.obj[1], seed, seedlen, &v2, &ms2);
+            if (rv == CKR_OK) {
+                CK_OBJECT_HANDLE keep = ok ? ms : ms2, drop = ok ? ms2 : ms;
+                (void)p11_destroy(&s, drop);
+                ms = keep;
+            }
+        }
+    } else if (rv == CKR_OK) {
+        ls = malloc(lslen);
+        if (ls == NULL) {
+            rv = CKR_HOST_MEMORY;
+        } else {
+            memcpy(ls, label, llen);
+            memcpy(ls + llen, seed, seedlen);
+        }
+        if (rv == CKR_OK && t->caps.ms == P11_MS_SP800_108) {
+            rv = derive_sp800(&s, h, ls, lslen, base, &ms);
+        } else if (rv == CKR_OK) {
+            /* transient: the master secret is HMAC output; it exists in this
+             * buffer only until it is back in the token and encrypted. */
+            CK_ATTRIBUTE mt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no), {CKA_VALUE, msb, 48}};
+            call = "C_Sign";
+            rv = p_hash(&s, h, base, ls, lslen, msb, 48);
+            have_msb = rv == CKR_OK;
+            if (rv == CKR_OK) {
+                call = "C_CreateObject";
+                rv = P11_CALL(s.fl, C_CreateObject, s.h, mt, SECRET_TEMPLATE_N + 1, &ms);
+            }
+        }
+    }
+    /* The pre-master secret is no longer needed. */
+    if (is_pms) {
+        (void)p11_destroy(&s, pv.obj[0]);
+        (void)p11_destroy(&s, pv.obj[1]);
+    } else {
+        (void)p11_destroy(&s, base);
+    }
+    if (rv == CKR_OK) {
+        call = "C_WrapKey";
+        rv = make_handle(&s, ms, have_msb ? msb : NULL, handle);
+    }
+    OPENSSL_cleanse(msb, sizeof(msb));
+    if (ls != NULL) {
+        OPENSSL_cleanse(ls, lslen);
+        free(ls);
+    }
+    if (rv == CKR_OK) {
+        memset(&mv, 0, sizeof(mv));
+        mv.obj[0] = ms;
+        if (!p11_registry_put(t->ms, &s, handle, &mv))
+            (void)p11_destroy(&s, ms); /* resolvable again from the handle */
+    } else {
+        (void)p11_destroy(&s, ms);
+    }
+    p11_session_put(&s, rv);
+    if (rv != CKR_OK)
+        return fail_ckr(call, rv, label);
+    return 1;
+}
+
+/* ------------------------------------------------------------- PRF outputs */
+
+int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS_HANDLE_LEN],
+                const unsigned char *labelseed, size_t lslen, unsigned char *out, size_t outlen)
+{
+    p11_session s;
+    CK_RV rv = CKR_OK;
+    const char *call = "C_Sign";
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        p11_reg_value v;
+        void *ref = NULL;
+        CK_OBJECT_HANDLE ms;
+
+        if (!p11_session_get(t, &s))
+            return 0;
+        if (p11_registry_get(t->ms, handle, s.epoch, 0, &v, &ref)) {
+            ms = v.obj[0];
+        } else {
+            call = "C_UnwrapKey";
+            rv = resolve_handle(&s, handle, &ms);
+            if (rv == CKR_OK) {
+                memset(&v, 0, sizeof(v));
+                v.obj[0] = ms;
+                if (p11_registry_put(t->ms, &s, handle, &v))
+                    (void)p11_registry_get(t->ms, handle, s.epoch, 0, &v, &ref);
+                else
+                    rv = CKR_HOST_MEMORY, (void)p11_destroy(&s, ms);
+            }
+        }
+        if (rv == CKR_OK) {
+            call = "C_Sign";
+            if (t->caps.nss_prf_sha256 && h == P11_PRF_SHA256) {
+                CK_MECHANISM m = {P11_CKM_NSS_TLS_PRF_GENERAL_SHA256, NULL, 0};
+                CK_ULONG len = outlen;
+                rv = P11_CALL(s.fl, C_SignInit, s.h, &m, ms);
+                if (rv == CKR_OK)
+                    rv = P11_CALL(s.fl, C_Sign, s.h, (CK_BYTE_PTR)labelseed, lslen, out, &len);
+                if (rv == CKR_OK && len != outlen)
+                    rv = CKR_FUNCTION_FAILED;
+            } else {
+                rv = p_hash(&s, h, ms, labelseed, lslen, out, outlen);
+            }
+        }
+        p11_registry_release(t->ms, &s, ref);
+        p11_session_put(&s, rv);
+        if (!p11_rv_is_session_loss(rv) && rv != CKR_KEY_HANDLE_INVALID)
+            break;
+    }
+    if (rv != CKR_OK) {
+        OPENSSL_cleanse(out, outlen);
+        return fail_ckr(call, rv, "TLS PRF");
+    }
+    return 1;
+}
+
+unsigned long p11_tls_live_objects(p11_token *t)
+{
+    return p11_registry_count(t->pms) + p11_registry_count(t->ms);
+}

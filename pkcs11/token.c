@@ -1,0 +1,215 @@
+/* token.c - opening a token: the module, the slot chosen by RFC 7512 URI, the
+ * PIN and login (a wrong PIN is never retried, so a token is never locked out
+ * by p11tls), and the capability probe. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/proverr.h>
+#include "internal.h"
+
+static void trimmed(char *dst, const unsigned char *src, size_t n)
+{
+    while (n > 0 && src[n - 1] == ' ')
+        n--;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int p11_token_select_slot(p11_token *t)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0;
+    CK_INFO info;
+    CK_RV rv;
+    char seen[256] = "";
+    size_t off = 0;
+    int found = 0;
+
+    rv = P11_CALL(t->fl, C_GetInfo, &info);
+    if (rv != CKR_OK) {
+        p11_err_ckr("C_GetInfo", rv, NULL);
+        return 0;
+    }
+    if (!p11_uri_match_library(t->uri, &info)) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "token: the module does not match the library-* "
+                "attributes of '%s'",
+                t->uri_text);
+        return 0;
+    }
+    rv = P11_CALL(t->fl, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > 0) {
+        slots = calloc(n, sizeof(*slots));
+        if (slots == NULL)
+            return 0;
+        rv = P11_CALL(t->fl, C_GetSlotList, CK_TRUE, slots, &n);
+    }
+    if (rv != CKR_OK) {
+        p11_err_ckr("C_GetSlotList", rv, NULL);
+        free(slots);
+        return 0;
+    }
+    for (CK_ULONG i = 0; i < n && !found; i++) {
+        CK_SLOT_INFO si;
+        CK_TOKEN_INFO ti;
+        char label[33];
+        if (P11_CALL(t->fl, C_GetSlotInfo, slots[i], &si) != CKR_OK ||
+            P11_CALL(t->fl, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
+            continue;
+        trimmed(label, ti.label, sizeof(ti.label));
+        if (off < sizeof(seen))
+            off +=
+                (size_t)snprintf(seen + off, sizeof(seen) - off, "%s'%s'", off ? ", " : "", label);
+        if (p11_uri_match_slot(t->uri, slots[i], &si) && p11_uri_match_token(t->uri, &ti)) {
+            t->slot = slots[i];
+            memcpy(t->label, label, sizeof(label));
+            found = 1;
+        }
+    }
+    free(slots);
+    if (!found)
+        p11_err(PROV_R_INVALID_CONFIG_DATA, "token: no token matches '%s' (tokens present: %s)",
+                t->uri_text, off ? seen : "none");
+    return found;
+}
+
+CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
+{
+    CK_RV rv;
+    if (t->pin == NULL)
+        return CKR_OK;
+    if (t->pin_failed)
+        return CKR_PIN_INCORRECT;
+    rv = P11_CALL(t->fl, C_Login, h, CKU_USER, (CK_UTF8CHAR_PTR)p11_pin_data(t->pin),
+                  p11_pin_len(t->pin));
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK;
+    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
+        rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED) {
+        t->pin_failed = 1; /* never again in this process: no lock-out by retries */
+        p11_err_ckr("C_Login", rv,
+                    "token '%s': the configured PIN was refused "
+                    "(not retried)",
+                    t->label);
+    } else if (rv != CKR_OK) {
+        p11_err_ckr("C_Login", rv, "token '%s'", t->label);
+    }
+    return rv;
+}
+
+p11_token *p11_token_open(const p11_token_cfg *cfg)
+{
+    p11_token *t = calloc(1, sizeof(*t));
+    char err[256];
+    const char *module;
+    const char *pin_source;
+    p11_session s;
+
+    if (t == NULL)
+        return NULL;
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->wrap_lock, NULL);
+    pthread_cond_init(&t->cond, NULL);
+    t->pid = getpid();
+    t->gen = 1;
+    t->epoch = 1;
+    t->max_sessions = cfg->max_sessions ? cfg->max_sessions : 16;
+    t->idle = calloc(t->max_sessions, sizeof(*t->idle));
+    t->pms = p11_registry_new(cfg->handle_cache_max ? cfg->handle_cache_max : 4096, 60);
+    t->ms = p11_registry_new(cfg->handle_cache_max, cfg->handle_lifetime);
+    if (t->idle == NULL || t->pms == NULL || t->ms == NULL)
+        goto fail;
+
+    if (cfg->token_uri == NULL || *cfg->token_uri == '\0') {
+        p11_err(PROV_R_INVALID_CONFIG_DATA, "token: no token URI configured");
+        goto fail;
+    }
+    if (!p11_uri_parse(cfg->token_uri, &t->uri, err, sizeof(err))) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA, "token: %s", err);
+        goto fail;
+    }
+    /* Keep the URI for messages, without any pin-value in it. */
+    t->uri_text = strdup(cfg->token_uri);
+    if (t->uri_text != NULL && t->uri->pin_value != NULL) {
+        char *q = strchr(t->uri_text, '?');
+        if (q != NULL)
+            *q = '\0';
+    }
+
+    module = cfg->module;
+    if (module == NULL || *module == '\0')
+        module = t->uri->module_path ? t->uri->module_path : t->uri->module_name;
+    t->mod = p11_module_load(module, cfg->init_args);
+    if (t->mod == NULL)
+        goto fail;
+    t->fl = p11_module_functions(t->mod);
+
+    pin_source = cfg->pin_source;
+    if (pin_source == NULL || *pin_source == '\0')
+        pin_source = t->uri->pin_source;
+    if (pin_source != NULL && *pin_source != '\0') {
+        t->pin = p11_pin_from_source(pin_source, err, sizeof(err));
+        if (t->pin == NULL) {
+            p11_err(PROV_R_INVALID_CONFIG_DATA, "%s", err);
+            goto fail;
+        }
+    } else if (t->uri->pin_value != NULL) {
+        t->pin = p11_pin_new(t->uri->pin_value, strlen(t->uri->pin_value));
+    }
+    /* The URI copy of a pin-value is no longer needed. */
+    if (t->uri->pin_value != NULL) {
+        OPENSSL_cleanse(t->uri->pin_value, strlen(t->uri->pin_value));
+        free(t->uri->pin_value);
+        t->uri->pin_value = NULL;
+    }
+
+    if (!p11_token_select_slot(t))
+        goto fail;
+    /* Open the first session now: this logs in, so a bad PIN fails here. */
+    if (!p11_session_get(t, &s))
+        goto fail;
+    p11_caps_probe(t->fl, t->slot, s.h, cfg->force_ms, &t->caps);
+    p11_session_put(&s, CKR_OK);
+    p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
+              p11_ms_strategy_name(t->caps.ms));
+    return t;
+fail:
+    p11_token_free(t);
+    return NULL;
+}
+
+void p11_token_free(p11_token *t)
+{
+    if (t == NULL)
+        return;
+    /* No C_CloseSession / C_Finalize: see p11_module_free. */
+    p11_registry_free(t->pms);
+    p11_registry_free(t->ms);
+    p11_module_free(t->mod);
+    p11_pin_free(t->pin);
+    p11_uri_free(t->uri);
+    free(t->uri_text);
+    free(t->idle);
+    pthread_mutex_destroy(&t->lock);
+    pthread_mutex_destroy(&t->wrap_lock);
+    pthread_cond_destroy(&t->cond);
+    free(t);
+}
+
+const char *p11_token_label(const p11_token *t)
+{
+    return t->label;
+}
+
+const p11_caps *p11_token_caps(const p11_token *t)
+{
+    return &t->caps;
+}
+
+unsigned long p11_token_epoch(const p11_token *t)
+{
+    return __atomic_load_n(&t->epoch, __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,257 @@
+/* provider.c - the provider's entry point: reads its openssl.cnf section,
+ * opens the token, enforces the configured minimum assurance level, answers
+ * parameter queries, and hands out the operation tables. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <openssl/crypto.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
+#include "provider.h"
+
+static OSSL_FUNC_provider_teardown_fn p11tls_teardown;
+static OSSL_FUNC_provider_gettable_params_fn p11tls_gettable_params;
+static OSSL_FUNC_provider_get_params_fn p11tls_get_params;
+static OSSL_FUNC_provider_query_operation_fn p11tls_query;
+
+#define ALG(names, funcs)                                                                          \
+    {                                                                                              \
+        names, "provider=" P11TLS_NAME, funcs, NULL                                                \
+    }
+
+static const OSSL_ALGORITHM p11tls_keymgmt[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_keymgmt_functions),
+    {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_signature[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_signature_functions),
+    {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_asym_cipher[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_asym_cipher_functions),
+    {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_kdf[] = {ALG("TLS1-PRF", p11tls_tls1_prf_functions),
+                                            {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_store[] = {ALG("pkcs11", p11tls_store_functions),
+                                              {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_decoder[] = {{"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+                                                 "provider=" P11TLS_NAME ",input=pem",
+                                                 p11tls_pem_uri_decoder_functions, NULL},
+                                                {NULL, NULL, NULL, NULL}};
+
+static const OSSL_ALGORITHM *p11tls_query(void *provctx, int op, int *no_cache)
+{
+    *no_cache = 0;
+    switch (op) {
+    case OSSL_OP_KEYMGMT:
+        return p11tls_keymgmt;
+    case OSSL_OP_SIGNATURE:
+        return p11tls_signature;
+    case OSSL_OP_ASYM_CIPHER:
+        return p11tls_asym_cipher;
+    case OSSL_OP_KDF:
+        return p11tls_kdf;
+    case OSSL_OP_STORE:
+        return p11tls_store;
+    case OSSL_OP_DECODER:
+        return p11tls_decoder;
+    }
+    return NULL;
+}
+
+static const OSSL_PARAM p11tls_param_types[] = {
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, NULL, 0),
+    OSSL_PARAM_DEFN("p11tls-token", OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN("p11tls-assurance", OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN("p11tls-strategy", OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_END};
+
+static const OSSL_PARAM *p11tls_gettable_params(void *provctx)
+{
+    return p11tls_param_types;
+}
+
+static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
+{
+    P11TLS_PROV *prov = provctx;
+    const p11_caps *c = p11_token_caps(prov->token);
+    OSSL_PARAM *p;
+
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, prov->name))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, P11TLS_VERSION_STR))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_BUILDINFO)) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, "p11tls " P11TLS_VERSION_STR))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) != NULL &&
+        !OSSL_PARAM_set_int(p, 1))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, "p11tls-token")) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, p11_token_label(prov->token)))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, "p11tls-assurance")) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, p11_level_name(c->level)))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, "p11tls-strategy")) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, p11_ms_strategy_name(c->ms)))
+        return 0;
+    return 1;
+}
+
+static void p11tls_teardown(void *provctx)
+{
+    P11TLS_PROV *prov = provctx;
+    if (prov == NULL)
+        return;
+    p11_token_free(prov->token);
+    OSSL_LIB_CTX_free(prov->libctx);
+    OPENSSL_free(prov);
+}
+
+static const OSSL_DISPATCH p11tls_dispatch[] = {
+    {OSSL_FUNC_PROVIDER_TEARDOWN, (void (*)(void))p11tls_teardown},
+    {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, (void (*)(void))p11tls_gettable_params},
+    {OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))p11tls_get_params},
+    {OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))p11tls_query},
+    {0, NULL}};
+
+/* The configuration keys of the provider's openssl.cnf section. */
+struct cfg {
+    char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
+    char *max_sessions, *handle_lifetime, *handle_cache, *strategy;
+};
+
+static int read_config(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn *get,
+                       struct cfg *c)
+{
+    OSSL_PARAM p[] = {OSSL_PARAM_utf8_ptr("pkcs11-module", &c->module, 0),
+                      OSSL_PARAM_utf8_ptr("pkcs11-init-args", &c->init_args, 0),
+                      OSSL_PARAM_utf8_ptr("token", &c->token, 0),
+                      OSSL_PARAM_utf8_ptr("pin-source", &c->pin_source, 0),
+                      OSSL_PARAM_utf8_ptr("min-assurance", &c->min_assurance, 0),
+                      OSSL_PARAM_utf8_ptr("debug", &c->debug, 0),
+                      OSSL_PARAM_utf8_ptr("max-sessions", &c->max_sessions, 0),
+                      OSSL_PARAM_utf8_ptr("handle-lifetime", &c->handle_lifetime, 0),
+                      OSSL_PARAM_utf8_ptr("handle-cache-size", &c->handle_cache, 0),
+                      OSSL_PARAM_utf8_ptr("strategy", &c->strategy, 0),
+                      OSSL_PARAM_END};
+    return get(handle, p);
+}
+
+static int parse_uint(const char *opt, const char *v, unsigned *out, unsigned max)
+{
+    char *end;
+    unsigned long x;
+    if (v == NULL)
+        return 1;
+    x = strtoul(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || x == 0 || x > max) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: option '%s': '%s' is not a number from 1 to %u", opt, v, max);
+        return 0;
+    }
+    *out = (unsigned)x;
+    return 1;
+}
+
+__attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
+                                                              const OSSL_DISPATCH *in,
+                                                              const OSSL_DISPATCH **out,
+                                                              void **provctx)
+{
+    OSSL_FUNC_core_get_params_fn *core_get_params = NULL;
+    OSSL_FUNC_BIO_read_ex_fn *bio_read_ex = NULL;
+    P11TLS_PROV *prov;
+    struct cfg c;
+    p11_token_cfg tc;
+    const p11_caps *caps;
+
+    for (const OSSL_DISPATCH *d = in; d->function_id != 0; d++)
+        if (d->function_id == OSSL_FUNC_CORE_GET_PARAMS)
+            core_get_params = OSSL_FUNC_core_get_params(d);
+        else if (d->function_id == OSSL_FUNC_BIO_READ_EX)
+            bio_read_ex = OSSL_FUNC_BIO_read_ex(d);
+    memset(&c, 0, sizeof(c));
+    memset(&tc, 0, sizeof(tc));
+    if (core_get_params == NULL || !read_config(handle, core_get_params, &c))
+        return 0;
+    if (c.debug != NULL && strcmp(c.debug, "0") != 0 && strcasecmp(c.debug, "no") != 0 &&
+        getenv("P11TLS_DEBUG") == NULL)
+        setenv("P11TLS_DEBUG", strchr(c.debug, '/') ? c.debug : "1", 0);
+
+    prov = OPENSSL_zalloc(sizeof(*prov));
+    if (prov == NULL)
+        return 0;
+    prov->handle = handle;
+    prov->core_bio_read_ex = bio_read_ex;
+    prov->min_level = P11_LEVEL_SEALED;
+    if (c.min_assurance != NULL && !p11_level_parse(c.min_assurance, &prov->min_level)) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: option 'min-assurance': '%s' is not 'sealed' or 'transient'",
+                       c.min_assurance);
+        goto fail;
+    }
+    if (c.strategy != NULL) {
+        if (strcasecmp(c.strategy, "native") == 0)
+            tc.force_ms = P11_MS_NATIVE;
+        else if (strcasecmp(c.strategy, "sp800-108") == 0)
+            tc.force_ms = P11_MS_SP800_108;
+        else if (strcasecmp(c.strategy, "hmac") == 0)
+            tc.force_ms = P11_MS_HMAC;
+        else if (strcasecmp(c.strategy, "auto") != 0) {
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                           "p11tls: option 'strategy': '%s' is not auto, native, sp800-108 "
+                           "or hmac",
+                           c.strategy);
+            goto fail;
+        }
+    }
+    if (!parse_uint("max-sessions", c.max_sessions, &tc.max_sessions, 1024) ||
+        !parse_uint("handle-lifetime", c.handle_lifetime, &tc.handle_lifetime, 7 * 86400) ||
+        !parse_uint("handle-cache-size", c.handle_cache, &tc.handle_cache_max, 1u << 22))
+        goto fail;
+    if (c.token == NULL) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: option 'token' (a pkcs11: URI) is required");
+        goto fail;
+    }
+    tc.module = c.module;
+    tc.init_args = c.init_args;
+    tc.token_uri = c.token;
+    tc.pin_source = c.pin_source;
+    prov->token = p11_token_open(&tc);
+    if (prov->token == NULL) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: cannot use the token configured by 'token' / "
+                       "'pkcs11-module' / 'pin-source' (see the errors above)");
+        goto fail;
+    }
+    caps = p11_token_caps(prov->token);
+    if (caps->level < prov->min_level) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: token '%s' gives assurance '%s' but 'min-assurance' is '%s'; "
+                       "the token lacks: %s",
+                       p11_token_label(prov->token), p11_level_name(caps->level),
+                       p11_level_name(prov->min_level), caps->missing);
+        goto fail;
+    }
+    snprintf(prov->name, sizeof(prov->name), "p11tls: token '%s', assurance %s (%s)",
+             p11_token_label(prov->token), p11_level_name(caps->level),
+             p11_ms_strategy_name(caps->ms));
+    /* Public-key operations and digests run in a library context of our own
+     * holding only the default provider: no way back into p11tls from there. */
+    prov->libctx = OSSL_LIB_CTX_new();
+    if (prov->libctx == NULL || OSSL_PROVIDER_load(prov->libctx, "default") == NULL)
+        goto fail;
+    *out = p11tls_dispatch;
+    *provctx = prov;
+    return 1;
+fail:
+    p11tls_teardown(prov);
+    return 0;
+}

@@ -1,6 +1,31 @@
-/* testutil.h - helpers shared by the CUnit suites. */
+/* testutil.h - helpers shared by the CUnit suites: the token under test (from the
+ * env.sh of scripts/make-token.sh), a library context with p11tls loaded through
+ * the token's openssl.cnf, and a runner. */
 #ifndef P11TLS_TESTUTIL_H
 #define P11TLS_TESTUTIL_H
 #include <CUnit/Basic.h>
+#include <openssl/evp.h>
 #include "p11.h"
+
+/* P11TLS_KIND: "softhsm", "softhsm-remote", "nss" (NULL outside with-token.sh). */
+const char *tu_kind(void);
+/* Environment variable that must be set (fails the program otherwise). */
+const char *tu_env(const char *name);
+/* A p11_token_cfg for the token under test (pin from P11TLS_PIN_FILE). */
+void tu_token_cfg(p11_token_cfg *cfg);
+/* Opens the token under test; aborts with OpenSSL's errors on failure. */
+p11_token *tu_open_token(void);
+/* The parsed P11TLS_KEY_URI. */
+p11_uri *tu_key_uri(void);
+/* A library context with P11TLS_OPENSSL_CNF loaded (p11tls + default). Cached. */
+OSSL_LIB_CTX *tu_libctx(void);
+/* The token key through the provider (store, P11TLS_KEY_URI), in tu_libctx(). */
+EVP_PKEY *tu_token_pkey(void);
+/* The certificate's public key (P11TLS_CERT), in the default provider. */
+EVP_PKEY *tu_cert_pubkey(void);
+/* Registers one suite of tests (NULL-terminated CU_TestInfo) and runs it with the
+ * basic runner; returns the process exit status (non-zero on any failure). */
+int tu_run(const char *suite, CU_TestInfo *tests);
+/* Prints OpenSSL's error queue (for diagnosing failures) and clears it. */
+void tu_print_errors(void);
 #endif

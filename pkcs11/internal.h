@@ -46,7 +46,9 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
 
 /* token.c: find the token's slot (again) and log in; called with t->lock not held */
 int p11_token_select_slot(p11_token *t);
-CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h);
+CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h); /* raises nothing */
+void p11_token_login_error(p11_token *t, CK_RV rv);
+int p11_rv_is_pin_error(CK_RV rv);
 
 /* objects.c */
 CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,

@@ -63,7 +63,7 @@ static int reason_for(CK_RV rv)
     case CKR_PIN_LEN_RANGE:
     case CKR_PIN_EXPIRED:
     case CKR_PIN_LOCKED:
-        return PROV_R_BAD_DECRYPT; /* closest public reason; text says it all */
+        return PROV_R_INVALID_CONFIG_DATA; /* the configured PIN; the text says which */
     case CKR_KEY_HANDLE_INVALID:
     case CKR_OBJECT_HANDLE_INVALID:
         return PROV_R_INVALID_KEY;
@@ -126,8 +126,16 @@ static void count_call(const char *call)
     }
 }
 
+CK_RV p11_call_begin(const char *call)
+{
+    ERR_set_mark();
+    p11_injected_rv = p11_fault_hook != NULL ? p11_fault_hook(call) : CKR_OK;
+    return p11_injected_rv;
+}
+
 CK_RV p11_call_end(const char *call, CK_RV rv)
 {
+    ERR_pop_to_mark();
     count_call(call);
     if (p11_debug_enabled())
         p11_debug("%s -> %s", call, p11_ckr_name(rv));

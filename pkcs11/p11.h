@@ -178,6 +178,9 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
 /* PRF(master secret behind handle, label||seed) -> out (key block, Finished, exporters). */
 int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS_HANDLE_LEN],
                 const unsigned char *labelseed, size_t lslen, unsigned char *out, size_t outlen);
+/* Finds or creates the token's handle-wrapping key now (at activation, where the
+ * process may still have the rights to create a token object). */
+int p11_tls_prepare(p11_token *t);
 /* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
 unsigned long p11_tls_live_objects(p11_token *t);
 

@@ -98,7 +98,8 @@ int p11_session_get(p11_token *t, p11_session *s)
                 t->nopen--;
             pthread_cond_signal(&t->cond);
             pthread_mutex_unlock(&t->lock);
-            return 0; /* error raised by p11_token_login */
+            p11_token_login_error(t, rv);
+            return 0;
         }
         pthread_mutex_lock(&t->lock);
         if (t->gen == gen)
@@ -130,7 +131,7 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
     if (t == NULL)
         return;
     if (last_rv == CKR_USER_NOT_LOGGED_IN)
-        (void)p11_token_login(t, s->h);
+        (void)p11_token_login(t, s->h); /* a failure shows on the next operation */
     pthread_mutex_lock(&t->lock);
     if (s->gen != t->gen || t->pid != getpid()) {
         /* From before a re-initialisation: that session no longer exists. */

@@ -142,6 +142,20 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
     return rv;
 }
 
+int p11_tls_prepare(p11_token *t)
+{
+    p11_session s;
+    CK_OBJECT_HANDLE k;
+    CK_RV rv;
+    if (t->caps.level == P11_LEVEL_NONE)
+        return 1;
+    if (!p11_session_get(t, &s))
+        return 0;
+    rv = wrap_key(&s, &k);
+    p11_session_put(&s, rv);
+    return rv == CKR_OK; /* wrap_key raised the error */
+}
+
 /* Master-secret object -> handle. Sealed tokens wrap it; at `transient` the
  * bytes (ms, the instant they exist in memory) are encrypted. */
 static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,

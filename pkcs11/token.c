@@ -87,17 +87,26 @@ CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
                   p11_pin_len(t->pin));
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
-    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
-        rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED) {
+    if (p11_rv_is_pin_error(rv))
         t->pin_failed = 1; /* never again in this process: no lock-out by retries */
-        p11_err_ckr("C_Login", rv,
-                    "token '%s': the configured PIN was refused "
-                    "(not retried)",
-                    t->label);
-    } else if (rv != CKR_OK) {
-        p11_err_ckr("C_Login", rv, "token '%s'", t->label);
-    }
     return rv;
+}
+
+/* Raises the error of a failed login (after any clean-up calls: some modules
+ * clear OpenSSL's error queue inside their own functions). */
+void p11_token_login_error(p11_token *t, CK_RV rv)
+{
+    if (p11_rv_is_pin_error(rv))
+        p11_err_ckr("C_Login", rv, "token '%s': the configured PIN was refused (not retried)",
+                    t->label);
+    else
+        p11_err_ckr("C_Login", rv, "token '%s'", t->label);
+}
+
+int p11_rv_is_pin_error(CK_RV rv)
+{
+    return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
+           rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED;
 }
 
 p11_token *p11_token_open(const p11_token_cfg *cfg)

@@ -88,7 +88,7 @@ static int prf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
     PRFCTX *c = vctx;
     p11_token *t = c->prov->token;
 
-    if (!prf_set_ctx_params(c, params))
+    if (!p11tls_usable(c->prov) || !prf_set_ctx_params(c, params))
         return 0;
     if (c->md5sha1) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST,

@@ -80,6 +80,8 @@ P11TLS_KEY *p11tls_key_from_uri(P11TLS_PROV *prov, const char *uri_text)
     size_t nlen, elen;
     EVP_PKEY *pub;
     P11TLS_KEY *k;
+    if (!p11tls_usable(prov))
+        return NULL;
     if (!p11_uri_parse(uri_text, &uri, err, sizeof(err))) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_KEY, "p11tls: %s", err);
         return NULL;

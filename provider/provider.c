@@ -89,8 +89,10 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
         !OSSL_PARAM_set_utf8_ptr(p, "p11tls " P11TLS_VERSION_STR))
         return 0;
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) != NULL &&
-        !OSSL_PARAM_set_int(p, 1))
+        !OSSL_PARAM_set_int(p, prov->failure == NULL))
         return 0;
+    if (prov->failure != NULL)
+        return 1;
     if ((p = OSSL_PARAM_locate(params, "p11tls-token")) != NULL &&
         !OSSL_PARAM_set_utf8_ptr(p, p11_token_label(prov->token)))
         return 0;
@@ -103,11 +105,42 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
     return 1;
 }
 
+int p11tls_usable(const P11TLS_PROV *prov)
+{
+    if (prov->failure == NULL)
+        return 1;
+    ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA, "p11tls is not usable: %s",
+                   prov->failure);
+    return 0;
+}
+
+/* Collects the error queue (p11tls never puts a PIN there) into one line. */
+static char *collect_errors(void)
+{
+    char buf[2048] = "", one[512];
+    size_t off = 0;
+    unsigned long e;
+    const char *data = NULL;
+    int flags = 0;
+
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        const char *text = (data != NULL && (flags & ERR_TXT_STRING)) ? data : NULL;
+        if (text == NULL) {
+            ERR_error_string_n(e, one, sizeof(one));
+            text = one;
+        }
+        if (off < sizeof(buf))
+            off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s%s", off ? "; " : "", text);
+    }
+    return OPENSSL_strdup(off ? buf : "unknown error");
+}
+
 static void p11tls_teardown(void *provctx)
 {
     P11TLS_PROV *prov = provctx;
     if (prov == NULL)
         return;
+    OPENSSL_free(prov->failure);
     p11_token_free(prov->token);
     OSSL_LIB_CTX_free(prov->libctx);
     OPENSSL_free(prov);
@@ -180,6 +213,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     memset(&tc, 0, sizeof(tc));
     if (core_get_params == NULL || !read_config(handle, core_get_params, &c))
         return 0;
+    ERR_set_mark();
     if (c.debug != NULL && strcmp(c.debug, "0") != 0 && strcasecmp(c.debug, "no") != 0 &&
         getenv("P11TLS_DEBUG") == NULL)
         setenv("P11TLS_DEBUG", strchr(c.debug, '/') ? c.debug : "1", 0);
@@ -227,8 +261,8 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     prov->token = p11_token_open(&tc);
     if (prov->token == NULL) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: cannot use the token configured by 'token' / "
-                       "'pkcs11-module' / 'pin-source' (see the errors above)");
+                       "p11tls: activation failed (options 'pkcs11-module', 'token', "
+                       "'pin-source')");
         goto fail;
     }
     caps = p11_token_caps(prov->token);
@@ -240,6 +274,12 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                        p11_level_name(prov->min_level), caps->missing);
         goto fail;
     }
+    if (!p11_tls_prepare(prov->token)) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: cannot find or create the handle-wrapping key in token '%s'",
+                       p11_token_label(prov->token));
+        goto fail;
+    }
     snprintf(prov->name, sizeof(prov->name), "p11tls: token '%s', assurance %s (%s)",
              p11_token_label(prov->token), p11_level_name(caps->level),
              p11_ms_strategy_name(caps->ms));
@@ -248,10 +288,24 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     prov->libctx = OSSL_LIB_CTX_new();
     if (prov->libctx == NULL || OSSL_PROVIDER_load(prov->libctx, "default") == NULL)
         goto fail;
+    ERR_clear_last_mark();
     *out = p11tls_dispatch;
     *provctx = prov;
     return 1;
 fail:
-    p11tls_teardown(prov);
-    return 0;
+    /* Fail closed: stay loaded, refuse every operation with the cause (no silent
+     * fallback to the default provider's PRF). */
+    prov->failure = collect_errors();
+    ERR_pop_to_mark();
+    p11_token_free(prov->token);
+    prov->token = NULL;
+    if (prov->failure == NULL)
+        return 0;
+    snprintf(prov->name, sizeof(prov->name), "p11tls: NOT USABLE: %.200s", prov->failure);
+    p11_debug("provider not usable: %s", prov->failure);
+    if (prov->libctx == NULL)
+        prov->libctx = OSSL_LIB_CTX_new();
+    *out = p11tls_dispatch;
+    *provctx = prov;
+    return 1;
 }

@@ -21,7 +21,13 @@ typedef struct {
     p11_level min_level;
     OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex; /* for decoders: reads the core's BIO */
     char name[256];                             /* "p11tls: token '...', assurance ..." */
+    char *failure; /* set when the configuration or the token is unusable */
 } P11TLS_PROV;
+
+/* 1 if the provider is usable; else raises the configuration failure and returns 0.
+ * p11tls fails closed: OpenSSL 3.0 ignores a provider's activation failure, so an
+ * unusable p11tls stays loaded and refuses every operation with the cause. */
+int p11tls_usable(const P11TLS_PROV *prov);
 
 /* An RSA key: in the token (tok != NULL), or a public key imported for
  * comparison and public operations (done in software, they are public). */

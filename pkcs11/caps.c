@@ -58,6 +58,7 @@ static int has_flag(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, const CK_MECHANISM
                     CK_ULONG n, CK_MECHANISM_TYPE m, CK_FLAGS f)
 {
     CK_MECHANISM_INFO info;
+    memset(&info, 0, sizeof(info));
     if (!has(l, n, m))
         return 0;
     if (P11_CALL(fl, C_GetMechanismInfo, slot, m, &info) != CKR_OK)
@@ -157,6 +158,7 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
     c->std_ems = has(l, n, P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE);
     c->std_ems_dh = has(l, n, P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE_DH);
     c->nss_prf_sha256 = has(l, n, P11_CKM_NSS_TLS_PRF_GENERAL_SHA256);
+    c->sp800_dp = has_flag(fl, slot, l, n, P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF, CKF_DERIVE);
     /* Not listed is not the same as not there (NSS softoken lists its TLS
      * mechanisms only in its generic slot, yet performs them in its key slot):
      * what a token can do for TLS is tried once, on a throw-away secret. */
@@ -168,10 +170,9 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
             c->nss_ems_dh || probe(fl, h, P11_CKM_NSS_TLS_EXTENDED_MASTER_KEY_DERIVE_DH);
         c->std_ems = c->std_ems || probe(fl, h, P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE);
         c->std_ems_dh = c->std_ems_dh || probe(fl, h, P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE_DH);
-        c->nss_prf_sha256 = probe(fl, h, P11_CKM_NSS_TLS_PRF_GENERAL_SHA256);
-        c->sp800_dp = probe(fl, h, P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF);
+        c->nss_prf_sha256 = c->nss_prf_sha256 || probe(fl, h, P11_CKM_NSS_TLS_PRF_GENERAL_SHA256);
+        c->sp800_dp = c->sp800_dp || probe(fl, h, P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF);
     }
-    c->sp800_dp = has_flag(fl, slot, l, n, P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF, CKF_DERIVE);
     c->aes_ecb_wrap = has_flag(fl, slot, l, n, CKM_AES_ECB, CKF_WRAP);
     c->aes_ecb_unwrap = has_flag(fl, slot, l, n, CKM_AES_ECB, CKF_UNWRAP);
     c->aes_ecb_encrypt = has_flag(fl, slot, l, n, CKM_AES_ECB, CKF_ENCRYPT);

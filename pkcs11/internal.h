@@ -40,6 +40,9 @@ struct p11_token {
     pthread_mutex_t wrap_lock;
 };
 
+/* log.c */
+void p11_scrub_heap(void);
+
 /* caps.c */
 void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE h, int force_ms,
                     p11_caps *c);

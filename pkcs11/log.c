@@ -3,12 +3,15 @@
  * Library code never prints unless P11TLS_DEBUG asks for it. */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/proverr.h>
 #include "p11.h"
@@ -126,8 +129,21 @@ static void count_call(const char *call)
     }
 }
 
+/* SIGPIPE: a module that talks to a token over a socket (p11-kit-client) may write
+ * to a connection the token's side has closed; that must be an error code, not
+ * the death of the host process. The call runs with SIGPIPE blocked, and a
+ * SIGPIPE it raised is consumed before the mask is restored. */
+static _Thread_local sigset_t saved_mask;
+static _Thread_local int pipe_was_pending;
+
 CK_RV p11_call_begin(const char *call)
 {
+    sigset_t block, pending;
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, &saved_mask);
+    sigpending(&pending);
+    pipe_was_pending = sigismember(&pending, SIGPIPE);
     ERR_set_mark();
     p11_injected_rv = p11_fault_hook != NULL ? p11_fault_hook(call) : CKR_OK;
     return p11_injected_rv;
@@ -135,7 +151,19 @@ CK_RV p11_call_begin(const char *call)
 
 CK_RV p11_call_end(const char *call, CK_RV rv)
 {
+    sigset_t pending;
     ERR_pop_to_mark();
+    if (!pipe_was_pending && !sigismember(&saved_mask, SIGPIPE)) {
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE)) {
+            sigset_t only;
+            struct timespec zero = {0, 0};
+            sigemptyset(&only);
+            sigaddset(&only, SIGPIPE);
+            (void)sigtimedwait(&only, NULL, &zero);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
     count_call(call);
     if (p11_debug_enabled())
         p11_debug("%s -> %s", call, p11_ckr_name(rv));
@@ -178,5 +206,29 @@ void p11_call_counts_format(char *buf, size_t len)
         if (w < 0)
             break;
         off += (size_t)w;
+    }
+}
+
+/* Secrets that cross the PKCS#11 boundary (the master secret at `transient`, the
+ * PIN at login) also pass through the module's own buffers in this process. An
+ * out-of-process token's RPC client (p11-kit-client) marshals every call into a
+ * heap buffer and frees it unwiped; glibc keeps small freed chunks in per-thread
+ * and fast free lists (not perturbed on free) until a same-sized allocation reuses
+ * them. Right after such an operation, this thread takes every small chunk those
+ * lists hold (up to SCRUB_MAX bytes, where the module's messages fall), wipes it
+ * and gives it back. No token call is involved. */
+#define SCRUB_MAX 1040
+#define SCRUB_DEPTH 10
+void p11_scrub_heap(void)
+{
+    for (size_t sz = 24; sz <= SCRUB_MAX; sz += 16) {
+        void *p[SCRUB_DEPTH];
+        for (int i = 0; i < SCRUB_DEPTH; i++) {
+            p[i] = malloc(sz);
+            if (p[i] != NULL)
+                OPENSSL_cleanse(p[i], sz);
+        }
+        for (int i = 0; i < SCRUB_DEPTH; i++)
+            free(p[i]);
     }
 }

@@ -31,12 +31,13 @@ void p11_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 typedef CK_RV (*p11_fault_fn)(const char *call);
 extern p11_fault_fn p11_fault_hook;
 extern _Thread_local CK_RV p11_injected_rv;
+/* begin: blocks SIGPIPE, sets an error mark (modules using OpenSSL themselves leave
+ * their own errors behind: not ours to report), returns an injected fault or CKR_OK;
+ * end: drops those errors, consumes a SIGPIPE the call raised, counts, logs. */
+CK_RV p11_call_begin(const char *call);
 CK_RV p11_call_end(const char *call, CK_RV rv);
 #define P11_CALL(fl, fn, ...)                                                                      \
-    p11_call_end(#fn,                                                                              \
-                 (p11_fault_hook != NULL && (p11_injected_rv = p11_fault_hook(#fn)) != CKR_OK)     \
-                     ? p11_injected_rv                                                             \
-                     : (fl)->fn(__VA_ARGS__))
+    p11_call_end(#fn, p11_call_begin(#fn) != CKR_OK ? p11_injected_rv : (fl)->fn(__VA_ARGS__))
 /* Counters of calls made by this process, by function name (benchmarks, tests). */
 unsigned long p11_call_count(const char *call); /* NULL: all calls */
 void p11_call_counts_reset(void);

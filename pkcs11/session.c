@@ -5,6 +5,7 @@
  * again, and the token is re-initialised on next use (at most once a second). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/proverr.h>
@@ -21,33 +22,48 @@ int p11_rv_is_session_loss(CK_RV rv)
     return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv_is_device_loss(rv);
 }
 
-/* With t->lock held: re-initialise the module and find the slot again. */
+/* With t->lock held: re-initialise the module and find the slot again. A token
+ * can be briefly invisible to a fresh C_Initialize while another process writes
+ * its store (SoftHSM2 rewrites it at every login; nginx's workers fork and log in
+ * together), so the lookup is retried a few times with a short back-off. */
 static int recover_locked(p11_token *t, int after_fork)
 {
-    CK_RV rv;
+    CK_RV rv = CKR_OK;
     time_t now = time(NULL);
 
     if (!after_fork && now == t->last_recovery) {
         p11_err(ERR_R_OPERATION_FAIL, "token '%s' is unavailable (recovery pending)", t->label);
         return 0;
     }
-    t->last_recovery = now;
+    if (!after_fork)
+        t->last_recovery = now;
     t->gen++;
     __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
     t->nidle = 0;
     t->nopen = 0;
-    rv = p11_module_reinit(t->mod);
-    if (rv != CKR_OK) {
+    for (int attempt = 0; attempt < 6; attempt++) {
+        if (attempt > 0) {
+            struct timespec ts = {0, 20000000L * attempt}; /* 20, 40, ... 100 ms */
+            nanosleep(&ts, NULL);
+        }
+        ERR_set_mark();
+        rv = p11_module_reinit(t->mod);
+        if (rv == CKR_OK && p11_token_select_slot(t)) {
+            ERR_pop_to_mark();
+            if (t->broken)
+                p11_debug("token '%s' is back", t->label);
+            t->broken = 0;
+            return 1;
+        }
+        if (attempt < 5)
+            ERR_pop_to_mark(); /* keep only the last attempt's errors */
+        else
+            ERR_clear_last_mark();
+    }
+    if (rv != CKR_OK)
         p11_err_ckr("C_Initialize", rv, "token '%s': re-initialising after %s", t->label,
                     after_fork ? "fork" : "token loss");
-        return 0;
-    }
-    if (!p11_token_select_slot(t))
-        return 0;
-    if (t->broken)
-        p11_debug("token '%s' is back", t->label);
-    t->broken = 0;
-    return 1;
+    return 0;
 }
 
 int p11_session_get(p11_token *t, p11_session *s)

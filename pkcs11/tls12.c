@@ -173,8 +173,9 @@ static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned
         rv = P11_CALL(s->fl, C_WrapKey, s->h, &ecb, k, ms_obj, buf, &len);
     } else {
         rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
             rv = P11_CALL(s->fl, C_Encrypt, s->h, (CK_BYTE_PTR)ms, 48, buf, &len);
+        }
     }
     if (rv == CKR_OK && len != 48)
         rv = CKR_WRAPPED_KEY_LEN_RANGE;
@@ -213,13 +214,16 @@ static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_O
         CK_ULONG len = sizeof(buf);
         CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no), {CKA_VALUE, buf, 48}};
         rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
             rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, 48, buf, &len);
+        }
         if (rv == CKR_OK && len != 48)
             rv = CKR_WRAPPED_KEY_INVALID;
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
             rv = P11_CALL(s->fl, C_CreateObject, s->h, t, SECRET_TEMPLATE_N + 1, ms);
+        }
         OPENSSL_cleanse(buf, sizeof(buf));
+        p11_scrub_heap(); /* the secret went through the module's buffers */
         return rv;
     }
 }
@@ -506,6 +510,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         rv = make_handle(&s, ms, have_msb ? msb : NULL, handle);
     }
     OPENSSL_cleanse(msb, sizeof(msb));
+    if (have_msb)
+        p11_scrub_heap(); /* the secret went through the module's buffers */
     if (ls != NULL) {
         OPENSSL_cleanse(ls, lslen);
         free(ls);

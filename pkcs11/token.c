@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -83,10 +84,23 @@ CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
         return CKR_OK;
     if (t->pin_failed)
         return CKR_PIN_INCORRECT;
-    rv = P11_CALL(t->fl, C_Login, h, CKU_USER, (CK_UTF8CHAR_PTR)p11_pin_data(t->pin),
-                  p11_pin_len(t->pin));
+    /* A login that races another process rewriting the token's store (SoftHSM2
+     * does at each login; nginx's workers log in together) fails with a transient
+     * code that is not a PIN verdict: retried briefly, never for a PIN error. */
+    for (int attempt = 0; attempt < 6; attempt++) {
+        if (attempt > 0) {
+            struct timespec ts = {0, 20000000L * attempt};
+            nanosleep(&ts, NULL);
+        }
+        rv = P11_CALL(t->fl, C_Login, h, CKU_USER, (CK_UTF8CHAR_PTR)p11_pin_data(t->pin),
+                      p11_pin_len(t->pin));
+        if (rv != CKR_GENERAL_ERROR && rv != CKR_USER_PIN_NOT_INITIALIZED &&
+            rv != CKR_FUNCTION_FAILED)
+            break;
+    }
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
+    p11_scrub_heap(); /* the PIN went through the module's buffers */
     if (p11_rv_is_pin_error(rv))
         t->pin_failed = 1; /* never again in this process: no lock-out by retries */
     return rv;

@@ -142,6 +142,7 @@ static void p11tls_teardown(void *provctx)
         return;
     OPENSSL_free(prov->failure);
     p11_token_free(prov->token);
+    OSSL_PROVIDER_unload(prov->deflt);
     OSSL_LIB_CTX_free(prov->libctx);
     OPENSSL_free(prov);
 }
@@ -286,7 +287,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     /* Public-key operations and digests run in a library context of our own
      * holding only the default provider: no way back into p11tls from there. */
     prov->libctx = OSSL_LIB_CTX_new();
-    if (prov->libctx == NULL || OSSL_PROVIDER_load(prov->libctx, "default") == NULL)
+    if (prov->libctx == NULL || (prov->deflt = OSSL_PROVIDER_load(prov->libctx, "default")) == NULL)
         goto fail;
     ERR_clear_last_mark();
     *out = p11tls_dispatch;

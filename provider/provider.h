@@ -16,7 +16,8 @@
 
 typedef struct {
     const OSSL_CORE_HANDLE *handle;
-    OSSL_LIB_CTX *libctx; /* child library context: digests, software public-key ops */
+    OSSL_LIB_CTX *libctx; /* our own library context: digests, software public-key ops */
+    OSSL_PROVIDER *deflt; /* the default provider loaded into it */
     p11_token *token;
     p11_level min_level;
     OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex; /* for decoders: reads the core's BIO */

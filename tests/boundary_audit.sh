@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# boundary_audit.sh - what crosses the PKCS#11 boundary during TLS 1.2 handshakes,
+# as recorded by p11-kit's call log (an independent record, not p11tls's own).
+#
+# Run with a token: tests/with-token.sh DIR bash tests/boundary_audit.sh (as root:
+# it writes /etc/pkcs11/modules/p11tls-audit-PID.module, removed at exit).
+#
+# The token is registered with p11-kit (`log-calls: yes`, and `x-init-reserved`
+# for NSS) and the server's p11tls loads p11-kit's proxy module, which loads the
+# registered modules managed and logs every call with its IN and OUT values to
+# the server's stderr. 20 full handshakes (the three ciphers in turn) from a
+# plain OpenSSL client with -keylogfile give the real master secrets; each is
+# then looked for in every byte buffer of the log, and counted as crossings:
+# a buffer that holds it whole is one crossing, and so are buffers that hold
+# it only in pieces (P_hash blocks) when together they cover all of it:
+#   sealed (nss):         no master secret may appear, whole or in part;
+#   transient (softhsm):  each may cross at most once (it leaves the token once,
+#                         as HMAC output).
+# p11-kit logs no attribute values: a secret going in through C_CreateObject
+# (CKA_VALUE) is invisible here. p11-kit prints a byte buffer as a quoted string
+# (printable ASCII as is, \t \n \r, other bytes as \xHH, cut after 119
+# characters with "..."); as a byte 0x5C is printed bare, that is not reversible,
+# so each value is escaped the same way and searched for in that form; a cut
+# buffer matches when what is visible of the value (16 bytes or more) agrees.
+# The server's handles (its keylog) must be found too: a positive control of
+# the search. When a secret crosses too often, the calls that carried it are
+# shown. p11-kit's log also holds the PIN (C_Login): it lives only in the
+# test's temporary directory and is removed.
+#
+# Two details of the set-up:
+#  - p11tls loads its module with p11_kit_module_load(), which refuses the
+#    p11-kit-proxy.so module itself ("refusing to load the p11-kit-proxy.so module
+#    as a registered module"). The first check records whether that is still so;
+#    the audit then loads a byte-identical copy of the proxy library from the
+#    temporary directory, which p11-kit does not recognise as its own proxy.
+#  - Debian registers SoftHSM2 with p11-kit (/usr/share/p11-kit/modules/
+#    softhsm2.module), and p11-kit merges two registrations of one library into
+#    one, dropping our log-calls. For SoftHSM2 the audit module is therefore a
+#    copy of the library too, with priority 100 so its slots come first.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/lib/tls.sh
+. "$HERE/lib/tls.sh"
+tls_init
+
+HANDSHAKES=${P11TLS_AUDIT_HANDSHAKES:-20}
+CIPHERS=(AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256)
+PROXY=${P11TLS_P11KIT_PROXY:-/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so}
+MODDIR=/etc/pkcs11/modules
+MODFILE=$MODDIR/p11tls-audit-$$.module
+MADE_DIRS=()
+
+echo "# token kind: $P11TLS_KIND"
+case "$P11TLS_KIND" in
+  nss) LEVEL=sealed ;;
+  *) LEVEL=transient ;;
+esac
+
+remove_module_file() {
+  local d
+  rm -f -- "$MODFILE"
+  # Directories this script created, innermost first, if nothing else is in them.
+  for ((d = ${#MADE_DIRS[@]} - 1; d >= 0; d--)); do
+    rmdir -- "${MADE_DIRS[d]}" 2>/dev/null || true
+  done
+}
+tls_on_exit remove_module_file
+
+if [ ! -e "$PROXY" ]; then
+  not_ok "p11-kit proxy module $PROXY exists (install p11-kit-modules)"
+  tls_finish
+  exit
+fi
+
+# --------------------------------------------------------- the registration
+for d in /etc/pkcs11 "$MODDIR"; do
+  if [ ! -d "$d" ]; then
+    mkdir -- "$d" 2>/dev/null || true
+    [ ! -d "$d" ] || MADE_DIRS+=("$d")
+  fi
+done
+AUDIT_LIB=$P11TLS_MODULE
+case "$(basename "$(readlink -f "$P11TLS_MODULE")")" in
+  libsofthsm2.so*)
+    AUDIT_LIB=$WORK/libsofthsm2-audit.so
+    cp -- "$(readlink -f "$P11TLS_MODULE")" "$AUDIT_LIB"
+    ;;
+esac
+if ! {
+  echo "# p11tls tests/boundary_audit.sh (PID $$): removed when it exits"
+  echo "module: $AUDIT_LIB"
+  echo "log-calls: yes"
+  echo "priority: 100"
+  [ -z "${P11TLS_INIT_ARGS:-}" ] || echo "x-init-reserved: $P11TLS_INIT_ARGS"
+} >"$MODFILE" 2>/dev/null; then
+  not_ok "write $MODFILE (the audit needs root)"
+  tls_finish
+  exit
+fi
+ok "registered the token with p11-kit in $MODFILE (log-calls: yes)"
+
+# The server's configuration: the token's, with p11-kit's proxy as the module
+# (p11-kit passes x-init-reserved, so no pkcs11-init-args).
+proxy_cnf() {
+  sed -e "s#^pkcs11-module = .*#pkcs11-module = $1#" -e '/^pkcs11-init-args *=/d' \
+    "$P11TLS_OPENSSL_CNF" >"$2"
+}
+
+# Does p11tls take p11-kit-proxy.so itself?
+proxy_cnf "$PROXY" "$WORK/proxy.cnf"
+rc=0
+OPENSSL_CONF=$WORK/proxy.cnf P11TLS_DEBUG=1 timeout -s KILL "$TLS_CMD_TIMEOUT" \
+  openssl list -providers >"$WORK/proxy-list.out" 2>"$WORK/proxy-list.err" || rc=$?
+if grep -q "^ *name: p11tls: token '.*', assurance " "$WORK/proxy-list.out"; then
+  ok "p11tls loads pkcs11-module = $PROXY"
+else
+  not_ok "p11tls loads pkcs11-module = $PROXY ($(grep -a -m1 -o 'pkcs11-module: cannot load[^;]*' \
+    "$WORK/proxy-list.err" "$WORK/proxy-list.out" | head -n 1 | sed 's/^[^:]*://' || true); status $rc)"
+fi
+rm -f -- "$WORK/proxy-list.err" # p11-kit logged its calls there, the PIN included
+
+# The proxy library under another name: p11-kit loads it as an ordinary module.
+cp -- "$(readlink -f "$PROXY")" "$WORK/p11-kit-proxy-audit.so"
+SERVER_CNF=$WORK/server.cnf
+proxy_cnf "$WORK/p11-kit-proxy-audit.so" "$SERVER_CNF"
+if grep -q "^pkcs11-module = $WORK/p11-kit-proxy-audit.so\$" "$SERVER_CNF" &&
+  ! grep -q '^pkcs11-init-args' "$SERVER_CNF"; then
+  ok "server configuration loads the token through p11-kit's proxy"
+else
+  not_ok "server configuration loads the token through p11-kit's proxy"
+fi
+
+# What the provider reports through the proxy.
+rc=0
+OPENSSL_CONF=$SERVER_CNF timeout -s KILL "$TLS_CMD_TIMEOUT" openssl list -providers \
+  >"$WORK/list.out" 2>/dev/null || rc=$?
+check_grep "through the proxy p11tls is usable at assurance $LEVEL" "$WORK/list.out" \
+  "^ *name: p11tls: token '.*', assurance $LEVEL"
+
+# -------------------------------------------------------------- handshakes
+if ! OPENSSL_CONF=$SERVER_CNF tls_start_server s_server "" -key "$P11TLS_KEY_URI" \
+  -cert "$P11TLS_CERT" -tls1_2 -www -keylogfile "$WORK/server.keylog"; then
+  not_ok "s_server starts with the token behind p11-kit's proxy"
+  tls_finish
+  exit
+fi
+ok "s_server starts with the token behind p11-kit's proxy"
+LOG=$SERVER_ERR # p11-kit's call log (the server's stderr)
+: >"$WORK/client.keylog"
+good=0
+for ((i = 0; i < HANDSHAKES; i++)); do
+  cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
+  out=$WORK/hs$i.out
+  rc=0
+  tls_client "$out" -ign_eof -tls1_2 -cipher "$cipher" -keylogfile "$WORK/client.keylog" || rc=$?
+  if [ "$rc" = 0 ] && grep -aq "^New, TLSv1\.2, Cipher is $cipher\$" "$out" &&
+    grep -aq '^HTTP/1\.0 200 ok' "$out"; then
+    good=$((good + 1))
+  else
+    echo "# handshake $i ($cipher) failed (status $rc)" >&2
+    tls_show "$out"
+    tls_show "$out.err"
+  fi
+done
+check_eq "$HANDSHAKES full handshakes (3 ciphers in turn) fetch the page" "$HANDSHAKES" "$good"
+tls_stop "$SERVER_PID"
+
+# -------------------------------------------------------------- the audit
+awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/client.keylog" >"$WORK/secrets"
+awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/server.keylog" >"$WORK/handles"
+nsec=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/secrets" || true)
+nhandles=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/handles" || true)
+check_eq "client keylog: one 48-byte master secret per handshake" "$HANDSHAKES" "$nsec"
+check_eq "server keylog: one 48-byte handle per handshake" "$HANDSHAKES" "$nhandles"
+if [ "$(sort -u "$WORK/secrets" | wc -l)" = "$nsec" ] &&
+  [ -z "$(sort "$WORK/secrets" "$WORK/handles" | uniq -d)" ]; then
+  ok "all master secrets are distinct and none is a handle"
+else
+  not_ok "all master secrets are distinct and none is a handle"
+fi
+
+if [ -s "$LOG" ]; then
+  ok "p11-kit's call log is not empty ($(wc -l <"$LOG") lines)"
+else
+  not_ok "p11-kit's call log is not empty"
+fi
+for fn in C_Login C_UnwrapKey C_Sign; do
+  check_grep "p11-kit's call log records $fn calls" "$LOG" "^$fn\$"
+done
+
+# Look for each value in every byte buffer of the log. p11-kit's escaping is
+# not reversible (a byte 0x5C is printed as a bare backslash), so each value is
+# escaped the way p11-kit does it and searched for in that form. One line per
+# value: "<crossings> <whole> <partial> <pieces> <hextext>" where
+#   whole     = buffers that hold the whole value (for a cut buffer: what is
+#               visible of the value, 16 bytes or more, agrees with it);
+#   partial   = other buffers holding 16 or more consecutive bytes of it;
+#   pieces    = 1 if those partial buffers together cover every byte of it (a
+#               value that crossed in pieces, e.g. as two P_hash blocks), else 0;
+#   crossings = whole + pieces: how many times the value crossed the boundary;
+#   hextext   = times its hex text (any case) appears anywhere in the log.
+# With AUDIT_EXPLAIN=1 the calls that carried each value go to stderr.
+audit() {
+  perl -e '
+    use strict; use warnings;
+    # p11-kit log.c log_some_bytes(): \t \n \r, printable ASCII as is, else \xHH.
+    sub esc {
+      my $o = "";
+      for my $c (unpack("C*", $_[0])) {
+        $o .= $c == 9 ? "\\t" : $c == 10 ? "\\n" : $c == 13 ? "\\r"
+            : ($c >= 32 && $c < 127) ? chr($c) : sprintf("\\x%02X", $c);
+      }
+      return $o;
+    }
+    my ($log, $vals) = @ARGV;
+    open(my $v, "<", $vals) or die "$vals: $!";
+    my @vals = map { chomp; pack("H*", $_) } grep { /^[0-9a-f]{96}$/ } <$v>;
+    close $v;
+    my @bufs; my $text = ""; my $fn = "?";
+    open(my $l, "<:raw", $log) or die "$log: $!";
+    while (my $line = <$l>) {
+      $text .= lc $line;
+      $fn = $1 if $line =~ /^(C_\w+)$/;
+      next unless $line =~ /\((\d+)\) "(.*)"\s*$/;
+      my ($n, $raw) = ($1, $2);
+      # p11-kit writes at most 119 characters, then "..." over whatever followed
+      # (even a part of an escape); a shorter string is the whole buffer.
+      my $cut = 0;
+      if (length($raw) >= 119 && $raw =~ /\.\.\.$/) {
+        $raw = substr($raw, 0, 119);
+        $cut = 1;
+      }
+      my $where = $line =~ /^\s*(IN|OUT): (\w+)/ ? "$1 $2" : ($line =~ /^\s*(\w+):/ ? $1 : "?");
+      push @bufs, [$raw, $cut, "$fn $where ($n bytes)"];
+    }
+    close $l;
+    for my $val (@vals) {
+      my ($whole, $partial) = (0, 0);
+      my $vlen = length $val;
+      my $e = esc($val);
+      my $e16 = length esc(substr($val, 0, 16));
+      my @win = map { esc(substr($val, $_, 16)) } 0 .. $vlen - 16;
+      my @covered = (0) x $vlen;
+      for my $buf (@bufs) {
+        my ($r, $cut, $ctx) = @$buf;
+        my $hit = index($r, $e) >= 0;
+        if (!$hit && $cut) {
+          # The value may start in the buffer and run past the cut: the visible
+          # rest of the buffer is a prefix of its escaped form.
+          my $head = substr($e, 0, 4);
+          for (my $j = index($r, $head); !$hit && $j >= 0; $j = index($r, $head, $j + 1)) {
+            my $tail = substr($r, $j);
+            last if length($tail) < $e16;
+            $hit = 1 if substr($e, 0, length $tail) eq $tail;
+          }
+        }
+        if ($hit) {
+          $whole++;
+          print STDERR "#   whole value in $ctx\n" if $ENV{AUDIT_EXPLAIN};
+          next;
+        }
+        my $part = 0;
+        for my $k (0 .. $#win) {
+          next if index($r, $win[$k]) < 0;
+          $part = 1;
+          $covered[$_] = 1 for $k .. $k + 15;
+        }
+        $partial += $part;
+        print STDERR "#   part of it in $ctx\n" if $part && $ENV{AUDIT_EXPLAIN};
+      }
+      my $pieces = (grep { !$_ } @covered) ? 0 : 1;
+      my $hex = unpack("H*", $val);
+      my $hextext = () = $text =~ /\Q$hex\E/g;
+      printf "%d %d %d %d %d\n", $whole + $pieces, $whole, $partial, $pieces, $hextext;
+    }
+  ' "$1" "$2"
+}
+
+if ! audit "$LOG" "$WORK/secrets" >"$WORK/secret-counts" 2>"$WORK/audit.err" ||
+  ! audit "$LOG" "$WORK/handles" >"$WORK/handle-counts" 2>>"$WORK/audit.err"; then
+  not_ok "decoding p11-kit's log"
+  tls_show "$WORK/audit.err"
+fi
+
+# Positive control: every handle crossed the boundary (C_WrapKey or C_Encrypt output).
+found=$(awk '$2 >= 1' "$WORK/handle-counts" | wc -l)
+check_eq "positive control: each of the $nhandles handles is found whole in the log" "$nhandles" "$found"
+
+echo "# master secrets in p11-kit's log, one line per handshake (cipher, secret, crossings = whole + pieces):"
+for ((i = 0; i < nsec; i++)); do
+  read -r sec <&3
+  read -r c w p pc hx <&4
+  printf '#   %-28s %s...  crossings=%s (whole=%s, in pieces=%s; partial buffers=%s) hex-text=%s\n' \
+    "${CIPHERS[i % ${#CIPHERS[@]}]}" "${sec:0:16}" "$c" "$w" "$pc" "$p" "$hx"
+done 3<"$WORK/secrets" 4<"$WORK/secret-counts"
+cross0=$(awk '$1 == 0' "$WORK/secret-counts" | wc -l)
+cross1=$(awk '$1 == 1' "$WORK/secret-counts" | wc -l)
+crossmore=$(awk '$1 > 1' "$WORK/secret-counts" | wc -l)
+partial=$(awk '$3 > 0' "$WORK/secret-counts" | wc -l)
+hextext=$(awk '$5 > 0' "$WORK/secret-counts" | wc -l)
+echo "# counts ($LEVEL, $nsec master secrets): crossed 0 times: $cross0, once: $cross1, more than once: $crossmore; with 16+ bytes in some buffer: $partial; as hex text: $hextext"
+check_eq "no master secret appears as hex text in the log" 0 "$hextext"
+if [ "$LEVEL" = sealed ]; then
+  check_eq "sealed: no master secret crosses the boundary (count 0 for all $nsec)" "$nsec" "$cross0"
+  check_eq "sealed: no part (16+ bytes) of a master secret crosses the boundary" 0 "$partial"
+else
+  # p11-kit logs no attribute values, so C_CreateObject(CKA_VALUE) is not seen here.
+  if [ "$crossmore" = 0 ]; then
+    ok "transient: each master secret crosses the boundary at most once ($cross1 of $nsec once)"
+  else
+    not_ok "transient: each master secret crosses the boundary at most once ($crossmore of $nsec crossed more than once, $cross1 once)"
+    echo "# the calls that carried the first such secret:" >&2
+    awk '$1 > 1 { print NR; exit }' "$WORK/secret-counts" >"$WORK/first-bad"
+    bad=$(sed -n "$(cat "$WORK/first-bad")p" "$WORK/secrets")
+    echo "$bad" >"$WORK/bad-secret"
+    AUDIT_EXPLAIN=1 audit "$LOG" "$WORK/bad-secret" >/dev/null || true
+  fi
+fi
+
+# p11-kit's log holds the PIN (C_Login IN): remove it now, not only at exit.
+rm -f -- "$LOG"
+if [ ! -e "$LOG" ]; then
+  ok "p11-kit's call log (it holds the PIN) is removed"
+else
+  not_ok "p11-kit's call log (it holds the PIN) is removed"
+fi
+remove_module_file
+if [ ! -e "$MODFILE" ]; then
+  ok "$MODFILE is removed"
+else
+  not_ok "$MODFILE is removed"
+fi
+
+tls_finish

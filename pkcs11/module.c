@@ -1,6 +1,7 @@
 /* module.c - loading a PKCS#11 module (by path, or by p11-kit module name),
  * initialising it with OS locking and pReserved init arguments, and
  * re-initialising it after fork or device loss. */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/proverr.h>
@@ -9,6 +10,7 @@
 
 struct p11_module {
     CK_FUNCTION_LIST_PTR fl;
+    void *dl; /* dlopen handle (never closed: see p11_module_free) */
     char *path;
     char *init_args; /* NULL: none */
     int initialized;
@@ -83,10 +85,19 @@ p11_module *p11_module_load(const char *path_or_name, const char *init_args)
     }
     m->path = path;
     m->init_args = args;
-    m->fl = p11_kit_module_load(path, P11_KIT_MODULE_UNMANAGED | P11_KIT_MODULE_CRITICAL);
+    /* Loaded directly (any module, p11-kit's own proxy included); p11-kit is only
+     * asked to resolve module names. */
+    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (m->dl != NULL) {
+        CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(m->dl, "C_GetFunctionList");
+        CK_RV grv = get != NULL ? get(&m->fl) : CKR_FUNCTION_NOT_SUPPORTED;
+        if (grv != CKR_OK)
+            m->fl = NULL;
+    }
     if (m->fl == NULL) {
+        const char *why = dlerror();
         p11_err(PROV_R_INVALID_CONFIG_DATA, "pkcs11-module: cannot load '%s': %s", path,
-                p11_kit_message() ? p11_kit_message() : "no message");
+                m->dl == NULL ? (why ? why : "dlopen failed") : "no usable C_GetFunctionList");
         p11_module_free(m);
         return NULL;
     }

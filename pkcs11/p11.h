@@ -98,6 +98,7 @@ typedef struct {
     int nss_prf_sha256;
     int sp800_dp;
     int aes_ecb_wrap, aes_ecb_unwrap, aes_ecb_encrypt, aes_ecb_decrypt;
+    int aes_cbc_wrap; /* C_WrapKey(CKM_AES_CBC) verified (transient handles) */
     p11_ms_strategy ms;
     p11_level level;
     char missing[256]; /* what keeps this token below `sealed` */

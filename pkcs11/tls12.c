@@ -18,7 +18,7 @@
 #include "internal.h"
 
 #define WRAP_LABEL_SEALED "p11tls-ms-wrap-sealed-v1"
-#define WRAP_LABEL_TRANSIENT "p11tls-ms-wrap-transient-v1"
+#define WRAP_LABEL_TRANSIENT "p11tls-ms-wrap-transient-v2"
 
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static const CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
@@ -87,8 +87,9 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
         unsigned char id[16];
         CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
         /* sealed: wrap/unwrap only, so nobody can C_Decrypt a handle back into a
-         * master secret; transient: the token cannot unwrap with AES-ECB, so
-         * encrypt/decrypt (the secret passes through p11tls's memory anyway). */
+         * master secret; transient: wrap (AES-CBC) where the token can, and
+         * encrypt/decrypt because HMAC-only tokens cannot unwrap into a secret
+         * (at this level the secret passes through p11tls's memory anyway). */
         CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
                                {CKA_KEY_TYPE, &kt, sizeof(kt)},
                                {CKA_VALUE_LEN, &len, sizeof(len)},
@@ -98,7 +99,7 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
                                {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
                                {CKA_LABEL, (void *)label, strlen(label)},
                                {CKA_ID, id, sizeof(id)},
-                               {CKA_WRAP, (void *)(sealed ? &yes : &no), sizeof(yes)},
+                               {CKA_WRAP, (void *)&yes, sizeof(yes)},
                                {CKA_UNWRAP, (void *)(sealed ? &yes : &no), sizeof(yes)},
                                {CKA_ENCRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)},
                                {CKA_DECRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)}};
@@ -142,6 +143,39 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
     return rv;
 }
 
+/* Does C_WrapKey(CKM_AES_CBC, zero IV) give exactly AES-CBC of a 48-byte secret,
+ * so that resolve_handle can undo it? Tried once on a throw-away, readable secret. */
+static int probe_cbc_wrap(p11_session *s, CK_OBJECT_HANDLE k)
+{
+    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    unsigned char iv[16] = {0}, val[48], w[96], d[96];
+    CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
+    CK_ULONG len48 = 48, wl = sizeof(w), dl = sizeof(d);
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, (void *)&secret_class, sizeof(secret_class)},
+                        {CKA_KEY_TYPE, (void *)&generic_type, sizeof(generic_type)},
+                        {CKA_TOKEN, (void *)&no, sizeof(no)},
+                        {CKA_SENSITIVE, (void *)&no, sizeof(no)},
+                        {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},
+                        {CKA_VALUE_LEN, &len48, sizeof(len48)}};
+    CK_ATTRIBUTE va = {CKA_VALUE, val, sizeof(val)};
+    CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
+    int ok = 0;
+
+    if (P11_CALL(s->fl, C_GenerateKey, s->h, &gen, t, 6, &o) != CKR_OK)
+        return 0;
+    if (P11_CALL(s->fl, C_GetAttributeValue, s->h, o, &va, 1) == CKR_OK && va.ulValueLen == 48 &&
+        P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, o, w, &wl) == CKR_OK && wl == 48 &&
+        P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k) == CKR_OK &&
+        P11_CALL(s->fl, C_Decrypt, s->h, w, 48, d, &dl) == CKR_OK && dl == 48) {
+        for (int i = 47; i >= 16; i--)
+            d[i] ^= w[i - 16];
+        ok = memcmp(d, val, 48) == 0;
+    }
+    (void)P11_CALL(s->fl, C_DestroyObject, s->h, o);
+    return ok;
+}
+
 int p11_tls_prepare(p11_token *t)
 {
     p11_session s;
@@ -152,30 +186,51 @@ int p11_tls_prepare(p11_token *t)
     if (!p11_session_get(t, &s))
         return 0;
     rv = wrap_key(&s, &k);
+    if (rv == CKR_OK && t->caps.ms == P11_MS_HMAC)
+        t->caps.aes_cbc_wrap = probe_cbc_wrap(&s, k);
     p11_session_put(&s, rv);
     return rv == CKR_OK; /* wrap_key raised the error */
 }
 
-/* Master-secret object -> handle. Sealed tokens wrap it; at `transient` the
- * bytes (ms, the instant they exist in memory) are encrypted. */
+/* Master-secret object -> handle. Sealed tokens wrap it with AES-ECB. At
+ * `transient` the handle is AES-CBC (zero IV) of the secret: wrapped by the token
+ * where it can (the secret does not go back into the token a second time), else
+ * chained here over AES-ECB blocks (ms: the bytes, the instant they exist). */
 static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,
                          unsigned char handle[48])
 {
     CK_OBJECT_HANDLE k;
     CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
-    unsigned char buf[96];
+    unsigned char iv[16] = {0}, buf[96];
+    CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
     CK_ULONG len = sizeof(buf);
     CK_RV rv = wrap_key(s, &k);
 
     if (rv != CKR_OK)
         return rv;
-    if (ms == NULL) {
+    if (s->tok->caps.ms != P11_MS_HMAC) {
         rv = P11_CALL(s->fl, C_WrapKey, s->h, &ecb, k, ms_obj, buf, &len);
+    } else if (s->tok->caps.aes_cbc_wrap) {
+        rv = P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, ms_obj, buf, &len);
     } else {
         rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
-        if (rv == CKR_OK) {
-            rv = P11_CALL(s->fl, C_Encrypt, s->h, (CK_BYTE_PTR)ms, 48, buf, &len);
+        for (int i = 0; rv == CKR_OK && i < 3; i++) {
+            unsigned char blk[16];
+            CK_ULONG bl = 16;
+            for (int j = 0; j < 16; j++)
+                blk[j] = ms[16 * i + j] ^ (i ? buf[16 * (i - 1) + j] : 0);
+            rv = P11_CALL(s->fl, C_EncryptUpdate, s->h, blk, 16, buf + 16 * i, &bl);
+            OPENSSL_cleanse(blk, sizeof(blk));
+            if (rv == CKR_OK && bl != 16)
+                rv = CKR_FUNCTION_FAILED;
         }
+        if (rv == CKR_OK) {
+            CK_ULONG fl = 0;
+            unsigned char last[16];
+            fl = sizeof(last);
+            rv = P11_CALL(s->fl, C_EncryptFinal, s->h, last, &fl);
+        }
+        len = 48;
     }
     if (rv == CKR_OK && len != 48)
         rv = CKR_WRAPPED_KEY_LEN_RANGE;
@@ -212,16 +267,17 @@ static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_O
     } else {
         unsigned char buf[64];
         CK_ULONG len = sizeof(buf);
-        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no), {CKA_VALUE, buf, 48}};
+        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes), {CKA_VALUE, buf, 48}};
         rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
         if (rv == CKR_OK) {
             rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, 48, buf, &len);
         }
         if (rv == CKR_OK && len != 48)
             rv = CKR_WRAPPED_KEY_INVALID;
-        if (rv == CKR_OK) {
+        for (int i = 47; rv == CKR_OK && i >= 16; i--) /* CBC: P(i) = D(C(i)) ^ C(i-1) */
+            buf[i] ^= handle[i - 16];
+        if (rv == CKR_OK)
             rv = P11_CALL(s->fl, C_CreateObject, s->h, t, SECRET_TEMPLATE_N + 1, ms);
-        }
         OPENSSL_cleanse(buf, sizeof(buf));
         p11_scrub_heap(); /* the secret went through the module's buffers */
         return rv;
@@ -487,8 +543,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
             rv = derive_sp800(&s, h, ls, lslen, base, &ms);
         } else if (rv == CKR_OK) {
             /* transient: the master secret is HMAC output; it exists in this
-             * buffer only until it is back in the token and encrypted. */
-            CK_ATTRIBUTE mt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no), {CKA_VALUE, msb, 48}};
+             * buffer only until it is back in the token and wrapped. */
+            CK_ATTRIBUTE mt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes), {CKA_VALUE, msb, 48}};
             call = "C_Sign";
             rv = p_hash(&s, h, base, ls, lslen, msb, 48);
             have_msb = rv == CKR_OK;

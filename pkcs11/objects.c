@@ -221,69 +221,51 @@ CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o)
     return rv;
 }
 
-/* Runs op once, and once more in a fresh session if the session or token was lost. */
-#define WITH_RETRY(k, s, rv, body)                                                                 \
-    for (int attempt_ = 0; attempt_ < 2; attempt_++) {                                             \
-        if (!p11_session_get((k)->tok, &(s)))                                                      \
-            return 0;                                                                              \
-        body;                                                                                      \
-        p11_session_put(&(s), rv);                                                                 \
-        if (!p11_rv_is_session_loss(rv))                                                           \
-            break;                                                                                 \
-    }
-
-int p11_rsa_sign(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
-                 unsigned char *sig, size_t *siglen)
-{
-    p11_session s;
-    CK_RV rv = CKR_OK;
-    CK_ULONG outlen = 0;
-    const char *call = "C_SignInit";
-
-    WITH_RETRY(k, s, rv, {
-        CK_OBJECT_HANDLE o;
-        call = "C_SignInit";
-        outlen = *siglen;
-        rv = p11_key_object(k, &s, &o);
-        if (rv == CKR_OK)
-            rv = P11_CALL(s.fl, C_SignInit, s.h, mech, o);
-        if (rv == CKR_OK) {
-            call = "C_Sign";
-            rv = P11_CALL(s.fl, C_Sign, s.h, (CK_BYTE_PTR)in, inlen, sig, &outlen);
-        }
-    });
-    if (rv != CKR_OK) {
-        p11_err_ckr(call, rv, "%s with key '%s'", p11_ckm_name(mech->mechanism), key_name(k));
-        return 0;
-    }
-    *siglen = outlen;
-    return 1;
-}
-
-int p11_rsa_decrypt(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
-                    unsigned char *out, size_t *outlen)
+/* One private-key operation: Init + one call, in a pooled session; once more in a
+ * fresh session if the session or the token was lost meanwhile. */
+static int key_op(p11_key *k, int decrypt, CK_MECHANISM *mech, const unsigned char *in,
+                  size_t inlen, unsigned char *out, size_t *outlen)
 {
     p11_session s;
     CK_RV rv = CKR_OK;
     CK_ULONG olen = 0;
-    const char *call = "C_DecryptInit";
+    const char *call = decrypt ? "C_DecryptInit" : "C_SignInit";
 
-    WITH_RETRY(k, s, rv, {
+    for (int attempt = 0; attempt < 2; attempt++) {
         CK_OBJECT_HANDLE o;
-        call = "C_DecryptInit";
+        if (!p11_session_get(k->tok, &s))
+            return 0;
+        call = decrypt ? "C_DecryptInit" : "C_SignInit";
         olen = *outlen;
         rv = p11_key_object(k, &s, &o);
         if (rv == CKR_OK)
-            rv = P11_CALL(s.fl, C_DecryptInit, s.h, mech, o);
+            rv = decrypt ? P11_CALL(s.fl, C_DecryptInit, s.h, mech, o)
+                         : P11_CALL(s.fl, C_SignInit, s.h, mech, o);
         if (rv == CKR_OK) {
-            call = "C_Decrypt";
-            rv = P11_CALL(s.fl, C_Decrypt, s.h, (CK_BYTE_PTR)in, inlen, out, &olen);
+            call = decrypt ? "C_Decrypt" : "C_Sign";
+            rv = decrypt ? P11_CALL(s.fl, C_Decrypt, s.h, (CK_BYTE_PTR)in, inlen, out, &olen)
+                         : P11_CALL(s.fl, C_Sign, s.h, (CK_BYTE_PTR)in, inlen, out, &olen);
         }
-    });
+        p11_session_put(&s, rv);
+        if (!p11_rv_is_session_loss(rv))
+            break;
+    }
     if (rv != CKR_OK) {
         p11_err_ckr(call, rv, "%s with key '%s'", p11_ckm_name(mech->mechanism), key_name(k));
         return 0;
     }
     *outlen = olen;
     return 1;
+}
+
+int p11_rsa_sign(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                 unsigned char *sig, size_t *siglen)
+{
+    return key_op(k, 0, mech, in, inlen, sig, siglen);
+}
+
+int p11_rsa_decrypt(p11_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                    unsigned char *out, size_t *outlen)
+{
+    return key_op(k, 1, mech, in, inlen, out, outlen);
 }

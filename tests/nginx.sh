@@ -27,11 +27,29 @@ mkdir -p "$ngx"
 ngx_write_conf "$ngx" "$port"
 ngx_start "$ngx"
 url=https://localhost:$port/
+# nginx writes an access-log line after the client has its answer: wait until the
+# log has at least N lines (bounded), and until it stops growing before resetting it.
+wait_log() {
+  local n=$1 i
+  for i in $(seq 1 100); do
+    [ "$(wc -l < "$ngx/access.log")" -ge "$n" ] && return 0
+    sleep 0.05
+  done
+  return 0
+}
+reset_log() {
+  local a b i
+  for i in $(seq 1 40); do
+    a=$(wc -l < "$ngx/access.log"); sleep 0.05; b=$(wc -l < "$ngx/access.log")
+    [ "$a" = "$b" ] && break
+  done
+  : > "$ngx/access.log"
+}
 curl_tls() { curl -sS --cacert "$P11TLS_CERT" --resolve "localhost:$port:127.0.0.1" --tlsv1.2 --tls-max 1.2 "$@"; }
 
 # 1. 200 sequential requests per cipher, each a full handshake; both workers serve.
 for c in AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256; do
-  : > "$ngx/access.log"
+  reset_log
   good=0
   for i in $(seq 1 200); do
     body=$(curl_tls --ciphers "$c" "$url" -w '%{http_code}' 2>&1 || true)
@@ -39,6 +57,7 @@ for c in AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256; do
 200" ] && good=$((good + 1))
   done
   check "$c: 200/200 requests answered 200 with the body (got $good)" [ "$good" -eq 200 ]
+  wait_log 200
   n=$(grep -c " TLSv1.2 $c \. 200 " "$ngx/access.log" || true)
   check "$c: access log shows 200 full handshakes with that cipher (got $n)" [ "$n" -eq 200 ]
   w=$(awk '{print $1}' "$ngx/access.log" | sort -u | wc -l)
@@ -50,8 +69,9 @@ done
 resume_check() {
   local kind=$1 urls=() i first other
   for i in $(seq 1 30); do urls+=("$url"); done
-  : > "$ngx/access.log"
+  reset_log
   curl_tls -H "Connection: close" "${urls[@]}" > /dev/null 2>&1 || true
+  wait_log 30
   first=$(awk 'NR==1 {print $1}' "$ngx/access.log")
   check "$kind: first connection is a full handshake" \
     [ "$(awk 'NR==1 {print $4}' "$ngx/access.log")" = "." ]

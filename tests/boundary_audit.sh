@@ -139,32 +139,69 @@ check_grep "through the proxy p11tls is usable at assurance $LEVEL" "$WORK/list.
   "^ *name: p11tls: token '.*', assurance $LEVEL"
 
 # -------------------------------------------------------------- handshakes
-if ! OPENSSL_CONF=$SERVER_CNF tls_start_server s_server "" -key "$P11TLS_KEY_URI" \
-  -cert "$P11TLS_CERT" -tls1_2 -www -keylogfile "$WORK/server.keylog"; then
-  not_ok "s_server starts with the token behind p11-kit's proxy"
-  tls_finish
-  exit
-fi
-ok "s_server starts with the token behind p11-kit's proxy"
-LOG=$SERVER_ERR # p11-kit's call log (the server's stderr)
+SERVER=${P11TLS_AUDIT_SERVER:-s_server}
 : >"$WORK/client.keylog"
 good=0
-for ((i = 0; i < HANDSHAKES; i++)); do
-  cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
-  out=$WORK/hs$i.out
-  rc=0
-  tls_client "$out" -ign_eof -tls1_2 -cipher "$cipher" -keylogfile "$WORK/client.keylog" || rc=$?
-  if [ "$rc" = 0 ] && grep -aq "^New, TLSv1\.2, Cipher is $cipher\$" "$out" &&
-    grep -aq '^HTTP/1\.0 200 ok' "$out"; then
-    good=$((good + 1))
-  else
-    echo "# handshake $i ($cipher) failed (status $rc)" >&2
-    tls_show "$out"
-    tls_show "$out.err"
+if [ "$SERVER" = nginx ]; then
+  # Debian's nginx (workers as root, so they can load the copied modules from the
+  # temporary directory); nginx sends its stderr, p11-kit's call log with it, to
+  # its error log. nginx keeps no keylog: the handles' control is not available.
+  # shellcheck source=scripts/lib/nginx.sh
+  . "$HERE/../scripts/lib/nginx.sh"
+  NGX=$WORK/nginx
+  mkdir -p "$NGX"
+  nginx_cleanup() { ngx_stop "$NGX"; }
+  tls_on_exit nginx_cleanup
+  NGX_PORT=$(p11_free_port)
+  ngx_write_conf "$NGX" "$NGX_PORT" user=root
+  if ! ngx_start "$NGX" "$SERVER_CNF"; then
+    not_ok "nginx starts with the token behind p11-kit's proxy"
+    tls_finish
+    exit
   fi
-done
-check_eq "$HANDSHAKES full handshakes (3 ciphers in turn) fetch the page" "$HANDSHAKES" "$good"
-tls_stop "$SERVER_PID"
+  ok "nginx starts with the token behind p11-kit's proxy"
+  for ((i = 0; i < HANDSHAKES; i++)); do
+    cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
+    body=$(SSLKEYLOGFILE=$WORK/client.keylog curl -sS --cacert "$P11TLS_CERT" \
+      --resolve "localhost:$NGX_PORT:127.0.0.1" --tlsv1.2 --tls-max 1.2 --ciphers "$cipher" \
+      "https://localhost:$NGX_PORT/" 2>&1 || true)
+    if [ "$body" = "hello from p11tls" ]; then
+      good=$((good + 1))
+    else
+      echo "# handshake $i ($cipher) failed: $body" >&2
+    fi
+  done
+  check_eq "$HANDSHAKES full handshakes through nginx (3 ciphers in turn) fetch the page" \
+    "$HANDSHAKES" "$good"
+  ngx_stop "$NGX"
+  LOG=$NGX/error.log
+  : >"$WORK/server.keylog"
+else
+  if ! OPENSSL_CONF=$SERVER_CNF tls_start_server s_server "" -key "$P11TLS_KEY_URI" \
+    -cert "$P11TLS_CERT" -tls1_2 -www -keylogfile "$WORK/server.keylog"; then
+    not_ok "s_server starts with the token behind p11-kit's proxy"
+    tls_finish
+    exit
+  fi
+  ok "s_server starts with the token behind p11-kit's proxy"
+  LOG=$SERVER_ERR # p11-kit's call log (the server's stderr)
+  for ((i = 0; i < HANDSHAKES; i++)); do
+    cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
+    out=$WORK/hs$i.out
+    rc=0
+    tls_client "$out" -ign_eof -tls1_2 -cipher "$cipher" -keylogfile "$WORK/client.keylog" || rc=$?
+    if [ "$rc" = 0 ] && grep -aq "^New, TLSv1\.2, Cipher is $cipher\$" "$out" &&
+      grep -aq '^HTTP/1\.0 200 ok' "$out"; then
+      good=$((good + 1))
+    else
+      echo "# handshake $i ($cipher) failed (status $rc)" >&2
+      tls_show "$out"
+      tls_show "$out.err"
+    fi
+  done
+  check_eq "$HANDSHAKES full handshakes (3 ciphers in turn) fetch the page" "$HANDSHAKES" "$good"
+  tls_stop "$SERVER_PID"
+fi
 
 # -------------------------------------------------------------- the audit
 awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/client.keylog" >"$WORK/secrets"
@@ -172,7 +209,7 @@ awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/server.keylog" >"$WORK/
 nsec=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/secrets" || true)
 nhandles=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/handles" || true)
 check_eq "client keylog: one 48-byte master secret per handshake" "$HANDSHAKES" "$nsec"
-check_eq "server keylog: one 48-byte handle per handshake" "$HANDSHAKES" "$nhandles"
+[ "$SERVER" = nginx ] || check_eq "server keylog: one 48-byte handle per handshake" "$HANDSHAKES" "$nhandles"
 if [ "$(sort -u "$WORK/secrets" | wc -l)" = "$nsec" ] &&
   [ -z "$(sort "$WORK/secrets" "$WORK/handles" | uniq -d)" ]; then
   ok "all master secrets are distinct and none is a handle"
@@ -284,8 +321,10 @@ if ! audit "$LOG" "$WORK/secrets" >"$WORK/secret-counts" 2>"$WORK/audit.err" ||
 fi
 
 # Positive control: every handle crossed the boundary (C_WrapKey or C_Encrypt output).
-found=$(awk '$2 >= 1' "$WORK/handle-counts" | wc -l)
-check_eq "positive control: each of the $nhandles handles is found whole in the log" "$nhandles" "$found"
+if [ "$SERVER" != nginx ]; then
+  found=$(awk '$2 >= 1' "$WORK/handle-counts" | wc -l)
+  check_eq "positive control: each of the $nhandles handles is found whole in the log" "$nhandles" "$found"
+fi
 
 echo "# master secrets in p11-kit's log, one line per handshake (cipher, secret, crossings = whole + pieces):"
 for ((i = 0; i < nsec; i++)); do

@@ -3,7 +3,7 @@
 # of its own, without touching the machine's tokens (/var/lib/softhsm, ~/.pki).
 #
 # Usage:
-#   scripts/make-token.sh --kind KIND --dir DIR [--label LABEL] [--force]
+#   scripts/make-token.sh --kind KIND --dir DIR [--label LABEL] [--force] [--client | --no-client]
 #   scripts/make-token.sh --stop --dir DIR
 #
 # KIND is one of:
@@ -31,6 +31,21 @@
 #   key.pem            the key's PKCS#11 URI wrapped as PEM "P11TLS KEY URI"
 #   cert.pem           self-signed certificate for CN=localhost made with the key
 #   and env.sh then also exports P11TLS_OPENSSL_CNF, P11TLS_KEY_PEM, P11TLS_CERT.
+# and, for TLS client authentication (mutual TLS), unless --no-client is given:
+#   a second RSA-2048 key pair in the token: label "p11tls-client", id 02
+#   ca.pem, ca.key     a test CA (CN=p11tls test CA) in software: its key is an
+#                      ordinary PEM file (mode 0600), never in the token
+#   client.pem         certificate for CN=p11tls-client (clientAuth) issued by that
+#                      CA to the token's client key (the request is signed in the
+#                      token: `openssl req -new -key URI` with openssl.cnf)
+#   client-key.pem     the client key's URI wrapped as PEM "P11TLS KEY URI"
+#   and env.sh then also exports P11TLS_CA, P11TLS_CLIENT_CERT,
+#   P11TLS_CLIENT_KEY_PEM and P11TLS_CLIENT_KEY_URI. A reused DIR keeps its CA and
+#   client certificate while they still match (CA signature, token key).
+#   E.g. curl --cert "$P11TLS_CLIENT_CERT" --key "$P11TLS_CLIENT_KEY_PEM" with
+#   OPENSSL_CONF="$P11TLS_OPENSSL_CNF"; a server trusts clients with "$P11TLS_CA".
+#   --client asks for this material explicitly (an error if the provider is not
+#   found); --no-client skips it (no second key, no CA).
 #
 # Running it again on a ready DIR reuses the token and exits 0 (a stopped
 # p11-kit server is restarted, a running one is restarted cleanly, and the
@@ -49,11 +64,15 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 KEY_LABEL=p11tls-key
 KEY_ID=01
+CLIENT_KEY_LABEL=p11tls-client
+CLIENT_KEY_ID=02
 PID_FILE_NAME=p11-kit-server.pid
 SOCK_NAME=p11kit.sock
 # Every file and directory this script creates in DIR (what --force removes).
 OWN_FILES=(env.sh user.pin so.pin softhsm2.conf tokens nssdb openssl.cnf key.pem cert.pem
-  "$SOCK_NAME" "$PID_FILE_NAME" p11-kit-server.out cert.log)
+  "$SOCK_NAME" "$PID_FILE_NAME" p11-kit-server.out cert.log
+  ca.pem ca.key client.pem client-key.pem client.csr client.ext client.log
+  ca.pem.tmp ca.key.tmp client.pem.tmp)
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -70,7 +89,7 @@ usage_error() {
 note() { echo "$PROG: $*"; }
 
 # ------------------------------------------------------------------ options
-KIND='' DIR='' LABEL='' FORCE=0 STOP=0
+KIND='' DIR='' LABEL='' FORCE=0 STOP=0 CLIENT=default
 while [ $# -gt 0 ]; do
   case "$1" in
     --kind) [ $# -ge 2 ] || usage_error "--kind needs a value"; KIND=$2; shift 2 ;;
@@ -81,6 +100,8 @@ while [ $# -gt 0 ]; do
     --label=*) LABEL=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
     --stop) STOP=1; shift ;;
+    --client) CLIENT=yes; shift ;;
+    --no-client) CLIENT=no; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
@@ -231,7 +252,7 @@ start_server() {
 }
 
 if [ "$STOP" = 1 ]; then
-  [ -z "$KIND" ] || usage_error "--stop takes only --dir"
+  [ -z "$KIND" ] && [ "$CLIENT" = default ] || usage_error "--stop takes only --dir"
   [ -d "$DIR" ] || die "$DIR does not exist"
   stop_server
   exit 0
@@ -305,6 +326,8 @@ else
   REUSE=0
 fi
 
+CLIENT_KEY_URI="$TOKEN_URI;id=%$CLIENT_KEY_ID;object=$CLIENT_KEY_LABEL;type=private"
+
 if [ "$REUSE" = 0 ]; then
   # A fresh token: remove what an earlier (or unfinished) run of this script left.
   if [ "$KIND" = softhsm-remote ] || [ -f "$PID_FILE" ]; then
@@ -375,12 +398,93 @@ write_env() {
       echo "export P11TLS_KEY_PEM=$(shq "$DIR/key.pem")"
       echo "export P11TLS_CERT=$(shq "$DIR/cert.pem")"
     fi
+    if [ -n "${CLIENT_DONE:-}" ]; then
+      echo "export P11TLS_CA=$(shq "$DIR/ca.pem")"
+      echo "export P11TLS_CLIENT_CERT=$(shq "$DIR/client.pem")"
+      echo "export P11TLS_CLIENT_KEY_PEM=$(shq "$DIR/client-key.pem")"
+      echo "export P11TLS_CLIENT_KEY_URI=$(shq "$CLIENT_KEY_URI")"
+    fi
   } >"$tmp"
   mv -f -- "$tmp" "$ENV_FILE"
 }
 # Written now so that the token counts as ready even if the provider step fails.
-CNF=
+CNF='' CLIENT_DONE=''
 write_env
+
+# ------------------------------------------- client authentication material
+# OpenSSL without p11tls (whatever OPENSSL_CONF the caller has): the software CA.
+plain_openssl() { env -u OPENSSL_CONF openssl "$@"; }
+
+# The CA pair in DIR is usable: both files there, and the key is the certificate's.
+ca_usable() {
+  [ -s "$DIR/ca.pem" ] && [ -s "$DIR/ca.key" ] || return 1
+  [ "$(plain_openssl x509 -in "$DIR/ca.pem" -noout -pubkey 2>/dev/null)" = \
+    "$(plain_openssl pkey -in "$DIR/ca.key" -pubout 2>/dev/null)" ]
+}
+
+# client.pem is current: issued by ca.pem, and for the token's client key.
+client_cert_current() {
+  local tokpub
+  [ -s "$DIR/client.pem" ] || return 1
+  plain_openssl verify -CAfile "$DIR/ca.pem" -purpose sslclient "$DIR/client.pem" >/dev/null 2>&1 ||
+    return 1
+  tokpub=$(OPENSSL_CONF=$CNF openssl pkey -in "$CLIENT_KEY_URI" -pubout 2>/dev/null) || return 1
+  [ -n "$tokpub" ] && [ "$tokpub" = "$(plain_openssl x509 -in "$DIR/client.pem" -noout -pubkey)" ]
+}
+
+# The client key pair in the token, client-key.pem, the CA (ca.pem, ca.key) and
+# client.pem. Needs openssl.cnf ($CNF): the request is signed by the token key.
+make_client_material() {
+  local serial
+  "$TOOL" keygen --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
+    --pin-file "$PIN_FILE" --label "$CLIENT_KEY_LABEL" --id "$CLIENT_KEY_ID" --bits 2048 \
+    --if-missing || die "client key generation failed in token '$LABEL'"
+  "$TOOL" pem-uri --uri "$CLIENT_KEY_URI" --out "$DIR/client-key.pem" ||
+    die "cannot write $DIR/client-key.pem"
+  if [ "$REUSE" = 0 ] || ! ca_usable; then
+    rm -f -- "$DIR/ca.pem" "$DIR/ca.key" "$DIR/ca.pem.tmp" "$DIR/ca.key.tmp" "$DIR/client.pem"
+    if ! (umask 077 && plain_openssl req -x509 -newkey rsa:2048 -nodes -keyout "$DIR/ca.key.tmp" \
+      -out "$DIR/ca.pem.tmp" -subj "/CN=p11tls test CA" -days 825 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" >"$DIR/client.log" 2>&1); then
+      cat "$DIR/client.log" >&2
+      rm -f -- "$DIR/ca.pem.tmp" "$DIR/ca.key.tmp" "$DIR/client.log"
+      die "openssl could not make the test CA in $DIR"
+    fi
+    chmod 600 -- "$DIR/ca.key.tmp"
+    chmod 644 -- "$DIR/ca.pem.tmp"
+    mv -f -- "$DIR/ca.key.tmp" "$DIR/ca.key"
+    mv -f -- "$DIR/ca.pem.tmp" "$DIR/ca.pem"
+    rm -f -- "$DIR/client.log"
+    note "test CA (CN=p11tls test CA, software key) written to $DIR/ca.pem and $DIR/ca.key"
+  fi
+  if [ "$REUSE" = 1 ] && client_cert_current; then
+    return 0
+  fi
+  rm -f -- "$DIR/client.pem" "$DIR/client.pem.tmp" "$DIR/client.csr"
+  # The request is signed in the token (the CA needs the key's public half).
+  if ! OPENSSL_CONF=$CNF openssl req -new -key "$CLIENT_KEY_URI" -subj /CN=p11tls-client \
+    -sha256 -out "$DIR/client.csr" >"$DIR/client.log" 2>&1; then
+    sed 's/^/  /' "$DIR/client.log" >&2
+    rm -f -- "$DIR/client.csr" "$DIR/client.log"
+    die "openssl req could not make a request with the token's client key (OPENSSL_CONF=$CNF)"
+  fi
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=clientAuth" "subjectKeyIdentifier=hash" \
+    "authorityKeyIdentifier=keyid" >"$DIR/client.ext"
+  serial=0x01$(od -An -tx1 -N15 /dev/urandom | tr -d ' \n')
+  if ! plain_openssl x509 -req -in "$DIR/client.csr" -CA "$DIR/ca.pem" -CAkey "$DIR/ca.key" \
+    -set_serial "$serial" -days 825 -sha256 -extfile "$DIR/client.ext" \
+    -out "$DIR/client.pem.tmp" >"$DIR/client.log" 2>&1; then
+    sed 's/^/  /' "$DIR/client.log" >&2
+    rm -f -- "$DIR/client.csr" "$DIR/client.ext" "$DIR/client.log" "$DIR/client.pem.tmp"
+    die "openssl x509 could not issue the client certificate"
+  fi
+  rm -f -- "$DIR/client.csr" "$DIR/client.ext" "$DIR/client.log"
+  mv -f -- "$DIR/client.pem.tmp" "$DIR/client.pem"
+  client_cert_current || die "$DIR/client.pem does not verify against $DIR/ca.pem for the token's client key"
+  note "client certificate for CN=p11tls-client (issued by $DIR/ca.pem) written to $DIR/client.pem"
+}
 
 # ------------------------------------------------- provider files (optional)
 PROVIDER_SO='' MODULE_LINE=''
@@ -400,6 +504,8 @@ fi
 if [ -z "$PROVIDER_SO" ]; then
   note "p11tls provider not found (set P11TLS_PROVIDER_DIR to the directory holding p11tls.so):" \
     "skipping openssl.cnf, key.pem and cert.pem"
+  [ "$CLIENT" != yes ] ||
+    die "--client needs the p11tls provider (the client certificate request is signed in the token)"
 else
   CNF=$DIR/openssl.cnf
   {
@@ -453,6 +559,10 @@ else
     mv -f -- "$DIR/cert.pem.tmp" "$DIR/cert.pem"
     rm -f -- "$DIR/cert.log"
     note "self-signed certificate for CN=localhost written to $DIR/cert.pem"
+  fi
+  if [ "$CLIENT" != no ]; then
+    make_client_material
+    CLIENT_DONE=1
   fi
   write_env
 fi

@@ -11,6 +11,12 @@
 
 typedef struct p11_registry p11_registry;
 
+#define P11_PENDING_MAX 64
+struct p11_pending {
+    CK_OBJECT_HANDLE obj;
+    CK_SESSION_HANDLE owner;
+};
+
 struct p11_token {
     p11_module *mod;
     CK_FUNCTION_LIST_PTR fl;
@@ -32,6 +38,10 @@ struct p11_token {
     int pin_failed; /* never retry a wrong PIN */
     CK_SESSION_HANDLE *idle;
     unsigned nidle, nopen, max_sessions;
+
+    /* objects the token failed to destroy: tried again on the next session use */
+    struct p11_pending pending[P11_PENDING_MAX];
+    unsigned npending;
 
     /* secrets */
     p11_registry *pms, *ms;
@@ -57,6 +67,7 @@ int p11_rv_is_pin_error(CK_RV rv);
 CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
                    CK_ULONG *count);
 CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h);
+void p11_destroy_pending(p11_session *s);
 CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o);
 
 /* registry.c: a bounded, thread-safe map from 48-byte handles to token objects */
@@ -78,5 +89,8 @@ int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long
                      p11_reg_value *out, void **ref);
 void p11_registry_release(p11_registry *r, p11_session *s, void *ref);
 unsigned long p11_registry_count(p11_registry *r);
+/* A session was lost (and closed): its objects are gone; forget their entries. */
+void p11_registry_forget_session(p11_registry *r, CK_SESSION_HANDLE h);
+unsigned long p11_registry_objects(p11_registry *r);
 
 #endif

@@ -136,6 +136,20 @@ static void count_call(const char *call)
 static _Thread_local sigset_t saved_mask;
 static _Thread_local int pipe_was_pending;
 
+/* Calls that end an operation: a token that fails them has ended the operation
+ * (PKCS#11), so an injected fault lets the real call run and replaces its result.
+ * Any other injected fault replaces the call (nothing was created or changed). */
+static int fault_after(const char *call)
+{
+    static const char *const after[] = {"C_Sign",          "C_Decrypt",      "C_Encrypt",
+                                        "C_EncryptUpdate", "C_EncryptFinal", "C_FindObjects"};
+    for (size_t i = 0; i < sizeof(after) / sizeof(after[0]); i++)
+        if (strcmp(call, after[i]) == 0)
+            return 1;
+    return 0;
+}
+static _Thread_local CK_RV pending_fault;
+
 CK_RV p11_call_begin(const char *call)
 {
     sigset_t block, pending;
@@ -146,12 +160,21 @@ CK_RV p11_call_begin(const char *call)
     pipe_was_pending = sigismember(&pending, SIGPIPE);
     ERR_set_mark();
     p11_injected_rv = p11_fault_hook != NULL ? p11_fault_hook(call) : CKR_OK;
+    pending_fault = CKR_OK;
+    if (p11_injected_rv != CKR_OK && fault_after(call)) {
+        pending_fault = p11_injected_rv;
+        p11_injected_rv = CKR_OK;
+    }
     return p11_injected_rv;
 }
 
 CK_RV p11_call_end(const char *call, CK_RV rv)
 {
     sigset_t pending;
+    if (pending_fault != CKR_OK) {
+        rv = pending_fault;
+        pending_fault = CKR_OK;
+    }
     ERR_pop_to_mark();
     if (!pipe_was_pending && !sigismember(&saved_mask, SIGPIPE)) {
         sigpending(&pending);

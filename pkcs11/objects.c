@@ -39,11 +39,39 @@ CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HAN
     return CKR_OK;
 }
 
+/* Destroys an object; one the token failed to destroy (and did not lose with its
+ * session) is kept and tried again on the session's next use: never leaked. */
 CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h)
 {
+    p11_token *t = s->tok;
+    CK_RV rv;
     if (h == CK_INVALID_HANDLE)
         return CKR_OK;
-    return P11_CALL(s->fl, C_DestroyObject, s->h, h);
+    rv = P11_CALL(s->fl, C_DestroyObject, s->h, h);
+    if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID && !p11_rv_is_session_loss(rv)) {
+        pthread_mutex_lock(&t->lock);
+        if (t->npending < P11_PENDING_MAX && t->gen == s->gen) {
+            t->pending[t->npending].obj = h;
+            t->pending[t->npending].owner = s->h;
+            t->npending++;
+        }
+        pthread_mutex_unlock(&t->lock);
+    }
+    return rv;
+}
+
+void p11_destroy_pending(p11_session *s)
+{
+    p11_token *t = s->tok;
+    struct p11_pending todo[P11_PENDING_MAX];
+    unsigned n;
+    pthread_mutex_lock(&t->lock);
+    n = t->gen == s->gen ? t->npending : 0;
+    memcpy(todo, t->pending, n * sizeof(todo[0]));
+    t->npending = 0;
+    pthread_mutex_unlock(&t->lock);
+    for (unsigned i = 0; i < n; i++)
+        (void)p11_destroy(s, todo[i].obj);
 }
 
 static CK_RV get_attr(p11_session *s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,

@@ -14,6 +14,7 @@ typedef struct node {
     unsigned char key[48];
     p11_reg_value v;
     unsigned long epoch;
+    CK_SESSION_HANDLE owner; /* the session that created the objects: they die with it */
     time_t born;
     unsigned refs; /* 1 for being in the map, +1 per pin */
     int linked;
@@ -140,6 +141,7 @@ int p11_registry_put(p11_registry *r, p11_session *s, const unsigned char key[48
     memcpy(n->key, key, 48);
     n->v = *v;
     n->epoch = s->epoch;
+    n->owner = s->h;
     n->born = now;
     n->refs = 1;
     n->linked = 1;
@@ -216,6 +218,34 @@ unsigned long p11_registry_count(p11_registry *r)
     unsigned long c;
     pthread_mutex_lock(&r->lock);
     c = r->count;
+    pthread_mutex_unlock(&r->lock);
+    return c;
+}
+
+void p11_registry_forget_session(p11_registry *r, CK_SESSION_HANDLE h)
+{
+    node *n, *next;
+    doomed d = {.n = 0, .nf = 0};
+    pthread_mutex_lock(&r->lock);
+    for (n = r->oldest; n != NULL; n = next) {
+        next = n->younger;
+        if (n->owner != h)
+            continue;
+        unlink_node(r, n);
+        memset(n->v.obj, 0, sizeof(n->v.obj)); /* gone with their session */
+        drop_ref(n, n->epoch, &d);
+    }
+    pthread_mutex_unlock(&r->lock);
+    destroy_doomed(NULL, &d);
+}
+
+unsigned long p11_registry_objects(p11_registry *r)
+{
+    unsigned long c = 0;
+    pthread_mutex_lock(&r->lock);
+    for (node *n = r->oldest; n != NULL; n = n->younger)
+        for (int i = 0; i < 2; i++)
+            c += n->v.obj[i] != CK_INVALID_HANDLE;
     pthread_mutex_unlock(&r->lock);
     return c;
 }

@@ -41,6 +41,7 @@ static int recover_locked(p11_token *t, int after_fork)
     __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
     t->nidle = 0;
     t->nopen = 0;
+    t->npending = 0;
     for (int attempt = 0; attempt < 6; attempt++) {
         if (attempt > 0) {
             struct timespec ts = {0, 20000000L * attempt}; /* 20, 40, ... 100 ms */
@@ -94,8 +95,11 @@ int p11_session_get(p11_token *t, p11_session *s)
     s->epoch = __atomic_load_n(&t->epoch, __ATOMIC_ACQUIRE);
     s->gen = t->gen;
     if (t->nidle > 0) {
+        int pending = t->npending > 0;
         s->h = t->idle[--t->nidle];
         pthread_mutex_unlock(&t->lock);
+        if (pending)
+            p11_destroy_pending(s);
         return 1;
     }
     t->nopen++;
@@ -152,11 +156,23 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
     if (s->gen != t->gen || t->pid != getpid()) {
         /* From before a re-initialisation: that session no longer exists. */
     } else if (p11_rv_is_session_loss(last_rv)) {
+        /* Never handed out again. Closed (a session the token still knows would
+         * otherwise keep its objects alive, unreachable); its objects are gone and
+         * forgotten. A device loss forgets every object (new epoch). */
         t->nopen--;
-        __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
-        if (rv_is_device_loss(last_rv) && !t->broken) {
+        (void)P11_CALL(t->fl, C_CloseSession, s->h);
+        p11_registry_forget_session(t->pms, s->h);
+        p11_registry_forget_session(t->ms, s->h);
+        for (unsigned i = 0; i < t->npending;) /* gone with their session */
+            if (t->pending[i].owner == s->h)
+                t->pending[i] = t->pending[--t->npending];
+            else
+                i++;
+        if (rv_is_device_loss(last_rv)) {
+            __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
+            if (!t->broken)
+                p11_debug("token '%s' lost (%s)", t->label, p11_ckr_name(last_rv));
             t->broken = 1;
-            p11_debug("token '%s' lost (%s)", t->label, p11_ckr_name(last_rv));
         }
     } else {
         t->idle[t->nidle++] = s->h;

@@ -644,5 +644,5 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
 
 unsigned long p11_tls_live_objects(p11_token *t)
 {
-    return p11_registry_count(t->pms) + p11_registry_count(t->ms);
+    return p11_registry_objects(t->pms) + p11_registry_objects(t->ms);
 }

@@ -72,13 +72,13 @@ resume_check() {
   reset_log
   curl_tls -H "Connection: close" "${urls[@]}" > /dev/null 2>&1 || true
   wait_log 30
-  first=$(awk 'NR==1 {print $1}' "$ngx/access.log")
-  check "$kind: first connection is a full handshake" \
-    [ "$(awk 'NR==1 {print $4}' "$ngx/access.log")" = "." ]
+  # nginx logs in completion order: count, don't rely on the order
+  check "$kind: exactly one full handshake" [ "$(awk '$4 == "."' "$ngx/access.log" | wc -l)" -eq 1 ]
+  first=$(awk '$4 == "." {print $1}' "$ngx/access.log")
   other=$(awk -v f="$first" '$4 == "r" && $1 != f' "$ngx/access.log" | wc -l)
   check "$kind: resumed on the other worker ($other of 29 connections)" [ "$other" -ge 1 ]
   check "$kind: every later connection resumed" \
-    [ "$(awk 'NR > 1 && $4 == "r"' "$ngx/access.log" | wc -l)" -eq 29 ]
+    [ "$(awk '$4 == "r"' "$ngx/access.log" | wc -l)" -eq 29 ]
 }
 resume_check "ticket"
 ngx_stop "$ngx"

@@ -155,7 +155,8 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
     pthread_mutex_lock(&t->lock);
     if (s->gen != t->gen || t->pid != getpid()) {
         /* From before a re-initialisation: that session no longer exists. */
-    } else if (p11_rv_is_session_loss(last_rv)) {
+    } else if (p11_rv_is_session_loss(last_rv) || last_rv == CKR_OPERATION_ACTIVE) {
+        /* (A session stuck with an operation p11tls cannot end is replaced.) */
         /* Never handed out again. Closed (a session the token still knows would
          * otherwise keep its objects alive, unreachable); its objects are gone and
          * forgotten. A device loss forgets every object (new epoch). */

@@ -213,7 +213,7 @@ static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned
     } else if (s->tok->caps.aes_cbc_wrap) {
         rv = P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, ms_obj, buf, &len);
     } else {
-        rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
+        CK_RV irv = rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
         for (int i = 0; rv == CKR_OK && i < 3; i++) {
             unsigned char blk[16];
             CK_ULONG bl = 16;
@@ -224,11 +224,12 @@ static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned
             if (rv == CKR_OK && bl != 16)
                 rv = CKR_FUNCTION_FAILED;
         }
-        if (rv == CKR_OK) {
-            CK_ULONG fl = 0;
+        if (irv == CKR_OK) { /* also ends the operation after a failed update */
             unsigned char last[16];
-            fl = sizeof(last);
-            rv = P11_CALL(s->fl, C_EncryptFinal, s->h, last, &fl);
+            CK_ULONG fl = sizeof(last);
+            CK_RV frv = P11_CALL(s->fl, C_EncryptFinal, s->h, last, &fl);
+            if (rv == CKR_OK)
+                rv = frv;
         }
         len = 48;
     }

@@ -192,13 +192,24 @@ server_pid() {
   printf '%s' "$pid"
 }
 
+# PIDs of live p11-kit processes whose arguments include exactly this DIR's socket.
+orphan_servers() {
+  local d pid state
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    case "$(cat "$d/comm" 2>/dev/null || true)" in *p11-kit*) ;; *) continue ;; esac
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "$d/status" 2>/dev/null || true)
+    [ -n "$state" ] && [ "$state" != Z ] || continue
+    tr '\0' '\n' <"$d/cmdline" 2>/dev/null | grep -qxF -- "$SOCK" && echo "$pid"
+  done
+  return 0
+}
+
 stop_server() {
   local pid i
   if [ ! -f "$PID_FILE" ]; then
     note "no p11-kit server recorded in $DIR"
-    return 0
-  fi
-  if pid=$(server_pid); then
+  elif pid=$(server_pid); then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
       server_pid >/dev/null || break
@@ -217,6 +228,18 @@ stop_server() {
   else
     note "the recorded p11-kit server is not running (stale $PID_FILE_NAME removed)"
   fi
+  # Any other p11-kit server still serving this directory's socket (one started
+  # earlier whose PID was not recorded): found by its command line, stopped by PID.
+  local p
+  for p in $(orphan_servers); do
+    kill -TERM "$p" 2>/dev/null || true
+    note "stopped unrecorded p11-kit server $p serving $SOCK"
+  done
+  for ((i = 0; i < 50; i++)); do
+    [ -z "$(orphan_servers)" ] && break
+    sleep 0.1
+  done
+  for p in $(orphan_servers); do kill -KILL "$p" 2>/dev/null || true; done
   rm -f -- "$PID_FILE" "$SOCK"
 }
 

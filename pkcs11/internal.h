@@ -43,6 +43,12 @@ struct p11_token {
     struct p11_pending pending[P11_PENDING_MAX];
     unsigned npending;
 
+    /* session copies of long-lived token keys live in this session, never lent out:
+     * they survive the loss of pool sessions and are re-made after re-initialising */
+    pthread_mutex_t owner_lock;
+    CK_SESSION_HANDLE owner_h;
+    unsigned long owner_gen;
+
     /* secrets */
     p11_registry *pms, *ms;
     CK_OBJECT_HANDLE wrap_key;
@@ -69,6 +75,9 @@ CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HAN
 CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h);
 void p11_destroy_pending(p11_session *s);
 CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o);
+/* A session copy of token object tok (faster on tokens that re-load token objects
+ * at every use); tok itself if the token will not copy it. */
+CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok);
 
 /* registry.c: a bounded, thread-safe map from 48-byte handles to token objects */
 typedef struct {

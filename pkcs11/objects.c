@@ -102,8 +102,11 @@ static CK_RV find_key_object(p11_session *s, const p11_key *k, CK_OBJECT_CLASS c
                              CK_OBJECT_HANDLE *o, CK_ULONG *count)
 {
     CK_KEY_TYPE kt = CKK_RSA;
-    CK_ATTRIBUTE t[4] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}};
-    CK_ULONG n = 2;
+    CK_BBOOL yes = CK_TRUE; /* token objects only: not p11tls's own session copies */
+    CK_ATTRIBUTE t[5] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &yes, sizeof(yes)}};
+    CK_ULONG n = 3;
     if (k->id != NULL)
         t[n++] = (CK_ATTRIBUTE){CKA_ID, k->id, k->id_len};
     if (k->label != NULL)
@@ -157,7 +160,7 @@ p11_key *p11_key_find(p11_token *t, const p11_uri *uri)
                 count ? "more than one" : "no", key_name(k), t->label);
         rv = CKR_GENERAL_ERROR;
     } else {
-        k->gen = s.gen;
+        k->gen = 0; /* p11_key_object makes the session copy at first use */
         /* The public half: on the private key itself, else on its public key object. */
         if (get_attr(&s, k->obj, CKA_MODULUS, &k->n, &k->nlen) != CKR_OK ||
             get_attr(&s, k->obj, CKA_PUBLIC_EXPONENT, &k->e, &k->elen) != CKR_OK) {
@@ -230,8 +233,30 @@ size_t p11_key_bits(const p11_key *k)
     return bits;
 }
 
-/* The private key's object handle in this session's generation (re-found after
- * a fork or a token loss re-initialised the module). */
+CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok)
+{
+    p11_token *t = s->tok;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE a = {CKA_TOKEN, &no, sizeof(no)};
+    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&t->owner_lock);
+    if (t->owner_gen != s->gen) {
+        rv = P11_CALL(t->fl, C_OpenSession, t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
+                      NULL, &t->owner_h);
+        if (rv == CKR_OK)
+            t->owner_gen = s->gen;
+    }
+    if (rv == CKR_OK)
+        rv = P11_CALL(t->fl, C_CopyObject, t->owner_h, tok, &a, 1, &copy);
+    pthread_mutex_unlock(&t->owner_lock);
+    return rv == CKR_OK ? copy : tok;
+}
+
+/* The private key's object handle in this session's generation (re-found, and
+ * copied into the owner session, after a fork or a token loss re-initialised the
+ * module). */
 CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o)
 {
     CK_RV rv = CKR_OK;
@@ -241,8 +266,10 @@ CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o)
         rv = find_key_object(s, k, CKO_PRIVATE_KEY, &k->obj, &count);
         if (rv == CKR_OK && count != 1)
             rv = CKR_KEY_HANDLE_INVALID;
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
+            k->obj = p11_session_copy(s, k->obj);
             k->gen = s->gen;
+        }
     }
     *o = k->obj;
     pthread_mutex_unlock(&k->lock);

@@ -135,9 +135,9 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
     if (rv == CKR_OK && mine != CK_INVALID_HANDLE && mine != best)
         (void)P11_CALL(s->fl, C_DestroyObject, s->h, mine);
     if (rv == CKR_OK) {
-        t->wrap_key = best;
+        t->wrap_key = p11_session_copy(s, best);
         t->wrap_gen = s->gen;
-        *out = best;
+        *out = t->wrap_key;
     }
     pthread_mutex_unlock(&t->wrap_lock);
     return rv;

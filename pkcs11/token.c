@@ -135,6 +135,7 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
         return NULL;
     pthread_mutex_init(&t->lock, NULL);
     pthread_mutex_init(&t->wrap_lock, NULL);
+    pthread_mutex_init(&t->owner_lock, NULL);
     pthread_cond_init(&t->cond, NULL);
     t->pid = getpid();
     t->gen = 1;
@@ -218,6 +219,7 @@ void p11_token_free(p11_token *t)
     free(t->idle);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->wrap_lock);
+    pthread_mutex_destroy(&t->owner_lock);
     pthread_cond_destroy(&t->cond);
     free(t);
 }

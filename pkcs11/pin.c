@@ -56,7 +56,7 @@ size_t p11_pin_len(const p11_pin *pin)
 
 static p11_pin *pin_from_file(const char *path, char *err, size_t errlen)
 {
-    char buf[PIN_MAX + 2];
+    char buf[PIN_MAX + 3]; /* room for CR LF and one byte more: a longer file is refused */
     ssize_t n;
     size_t len = 0;
     p11_pin *p;

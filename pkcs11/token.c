@@ -123,8 +123,24 @@ int p11_rv_is_pin_error(CK_RV rv)
            rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED;
 }
 
+/* Set by an atexit handler registered at the first p11_token_open, so it runs
+ * before OpenSSL's own exit-time clean-up (handlers run in reverse order). */
+static volatile int process_exiting;
+
+static void mark_exiting(void)
+{
+    process_exiting = 1;
+}
+
+static void register_exit_flag(void)
+{
+    (void)atexit(mark_exiting);
+}
+
 p11_token *p11_token_open(const p11_token_cfg *cfg)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_exit_flag);
     p11_token *t = calloc(1, sizeof(*t));
     char err[256];
     const char *module;
@@ -209,7 +225,18 @@ void p11_token_free(p11_token *t)
 {
     if (t == NULL)
         return;
-    /* No C_CloseSession / C_Finalize: see p11_module_free. */
+    /* Unloaded while the process goes on (OSSL_PROVIDER_unload, a library context
+     * freed): close this instance's sessions, which destroys the session objects
+     * they own (secrets, key copies). Not at process exit, where SoftHSM2 2.6.1
+     * crashes in C_CloseSession / C_Finalize, and not in a forked child, whose
+     * sessions are not these. Never C_Finalize: see p11_module_free. */
+    if (!process_exiting && t->fl != NULL && t->pid == getpid()) {
+        for (unsigned i = 0; i < t->nidle; i++)
+            (void)P11_CALL(t->fl, C_CloseSession, t->idle[i]);
+        if (t->owner_gen == t->gen && t->owner_gen != 0)
+            (void)P11_CALL(t->fl, C_CloseSession, t->owner_h);
+        t->nidle = 0;
+    }
     p11_registry_free(t->pms);
     p11_registry_free(t->ms);
     p11_module_free(t->mod);

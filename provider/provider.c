@@ -76,7 +76,7 @@ static const OSSL_PARAM *p11tls_gettable_params(void *provctx)
 static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
 {
     P11TLS_PROV *prov = provctx;
-    const p11_caps *c = p11_token_caps(prov->token);
+    const p11_caps *c = prov->token != NULL ? p11_token_caps(prov->token) : NULL;
     OSSL_PARAM *p;
 
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) != NULL &&

@@ -16,6 +16,7 @@ PKGS=(
   libcunit1-dev
   nginx curl gnutls-bin
   gdb procps psmisc
+  clang libclang-rt-14-dev llvm
 )
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${PKGS[@]}"

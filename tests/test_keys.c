@@ -429,22 +429,12 @@ static void test_pem_other_token(void)
 /* The same URI through the store (what `-key pkcs11:...` uses). */
 static void test_store_other_token(void)
 {
-    OSSL_STORE_CTX *s;
-    EVP_PKEY *k = NULL;
+    EVP_PKEY *k;
     char errs[4096];
 
     clear_errors();
-    s = OSSL_STORE_open_ex("pkcs11:token=" OTHER_TOKEN ";id=%01;object=p11tls-key;type=private",
-                           tu_libctx(), NULL, NULL, NULL, NULL, NULL, NULL);
-    while (s != NULL && k == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i == NULL)
-            break;
-        if (OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            k = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
+    k = tu_store_pkey(tu_libctx(),
+                      "pkcs11:token=" OTHER_TOKEN ";id=%01;object=p11tls-key;type=private");
     CU_ASSERT_PTR_NULL(k);
     EVP_PKEY_free(k);
     CU_ASSERT(drain_errors(errs, sizeof(errs)) > 0);

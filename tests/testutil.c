@@ -80,10 +80,9 @@ OSSL_LIB_CTX *tu_libctx(void)
     return ctx;
 }
 
-EVP_PKEY *tu_token_pkey(void)
+EVP_PKEY *tu_store_pkey(OSSL_LIB_CTX *libctx, const char *uri)
 {
-    OSSL_STORE_CTX *s = OSSL_STORE_open_ex(tu_env("P11TLS_KEY_URI"), tu_libctx(), NULL, NULL, NULL,
-                                           NULL, NULL, NULL);
+    OSSL_STORE_CTX *s = OSSL_STORE_open_ex(uri, libctx, NULL, NULL, NULL, NULL, NULL, NULL);
     EVP_PKEY *k = NULL;
     while (s != NULL && k == NULL && !OSSL_STORE_eof(s)) {
         OSSL_STORE_INFO *i = OSSL_STORE_load(s);
@@ -94,6 +93,12 @@ EVP_PKEY *tu_token_pkey(void)
         OSSL_STORE_INFO_free(i);
     }
     OSSL_STORE_close(s);
+    return k;
+}
+
+EVP_PKEY *tu_token_pkey(void)
+{
+    EVP_PKEY *k = tu_store_pkey(tu_libctx(), tu_env("P11TLS_KEY_URI"));
     if (k == NULL)
         tu_print_errors();
     return k;

@@ -19,6 +19,8 @@ p11_token *tu_open_token(void);
 p11_uri *tu_key_uri(void);
 /* A library context with P11TLS_OPENSSL_CNF loaded (p11tls + default). Cached. */
 OSSL_LIB_CTX *tu_libctx(void);
+/* The first private key OSSL_STORE finds at uri in libctx (NULL if none). */
+EVP_PKEY *tu_store_pkey(OSSL_LIB_CTX *libctx, const char *uri);
 /* The token key through the provider (store, P11TLS_KEY_URI), in tu_libctx(). */
 EVP_PKEY *tu_token_pkey(void);
 /* The certificate's public key (P11TLS_CERT), in the default provider. */

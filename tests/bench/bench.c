@@ -55,6 +55,7 @@
 #include <openssl/store.h>
 #include <openssl/x509.h>
 #include "p11.h"
+#include "testutil.h"
 
 #define CIPHER_RSA "AES128-GCM-SHA256"
 #define CIPHER_ECDHE "ECDHE-RSA-AES128-GCM-SHA256"
@@ -382,22 +383,6 @@ static void make_soft(server_cfg *sc)
     sc->res = new_server_ctx(sc, 1);
 }
 
-static EVP_PKEY *load_store_key(OSSL_LIB_CTX *libctx, const char *uri)
-{
-    OSSL_STORE_CTX *s = OSSL_STORE_open_ex(uri, libctx, NULL, NULL, NULL, NULL, NULL, NULL);
-    EVP_PKEY *k = NULL;
-    while (s != NULL && k == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i == NULL)
-            break;
-        if (OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            k = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
-    return k;
-}
-
 /* Temporary copies of the token's openssl.cnf, removed at exit. */
 static char tmp_cnf[4][64];
 static int n_tmp_cnf;
@@ -465,7 +450,7 @@ static void make_token_cfg(server_cfg *sc, const char *name, const char *cnf)
     if (sc->libctx == NULL || !OSSL_LIB_CTX_load_config(sc->libctx, cnf) ||
         !OSSL_PROVIDER_available(sc->libctx, "p11tls"))
         die("(%s) cannot load p11tls with %s", name, cnf);
-    sc->key = load_store_key(sc->libctx, env("P11TLS_KEY_URI"));
+    sc->key = tu_store_pkey(sc->libctx, env("P11TLS_KEY_URI"));
     if (sc->key == NULL)
         die("(%s) cannot load the token key %s", name, env("P11TLS_KEY_URI"));
     f = fopen(env("P11TLS_CERT"), "r");

@@ -186,7 +186,7 @@ static int parse_uint(const char *opt, const char *v, unsigned *out, unsigned ma
     x = strtoul(v, &end, 10);
     if (*v == '\0' || *end != '\0' || x == 0 || x > max) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: option '%s': '%s' is not a number from 1 to %u", opt, v, max);
+                       "p11tls: option '%s' is not a number from 1 to %u", opt, max);
         return 0;
     }
     *out = (unsigned)x;
@@ -227,8 +227,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     prov->min_level = P11_LEVEL_SEALED;
     if (c.min_assurance != NULL && !p11_level_parse(c.min_assurance, &prov->min_level)) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: option 'min-assurance': '%s' is not 'sealed' or 'transient'",
-                       c.min_assurance);
+                       "p11tls: option 'min-assurance' is not 'sealed' or 'transient'");
         goto fail;
     }
     if (c.strategy != NULL) {
@@ -240,9 +239,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
             tc.force_ms = P11_MS_HMAC;
         else if (strcasecmp(c.strategy, "auto") != 0) {
             ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                           "p11tls: option 'strategy': '%s' is not auto, native, sp800-108 "
-                           "or hmac",
-                           c.strategy);
+                           "p11tls: option 'strategy' is not auto, native, sp800-108 or hmac");
             goto fail;
         }
     }

@@ -72,7 +72,11 @@ int p11_rv_is_pin_error(CK_RV rv);
 /* objects.c */
 CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
                    CK_ULONG *count);
+/* Destroys h through s. A failure (other than "no such object") leaves it on the
+ * token's pending list, retried by a later session; the entry is dropped when its
+ * owner (the session that created h) is closed, since h ended with it. */
 CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h);
+CK_RV p11_destroy_owned(p11_session *s, CK_OBJECT_HANDLE h, CK_SESSION_HANDLE owner);
 void p11_destroy_pending(p11_session *s);
 CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o);
 /* A session copy of token object tok (faster on tokens that re-load token objects
@@ -84,6 +88,7 @@ typedef struct {
     CK_OBJECT_HANDLE obj[2]; /* pms: {unwrapped, random}; ms: {ms, 0} */
     unsigned flags;          /* pms: 1 = unwrapped secret is good */
     unsigned client_version, alt_version;
+    CK_SESSION_HANDLE owner; /* set by p11_registry_get: the session that made obj[] */
 } p11_reg_value;
 p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime);
 void p11_registry_free(p11_registry *r);

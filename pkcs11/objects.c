@@ -41,23 +41,31 @@ CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HAN
 
 /* Destroys an object; one the token failed to destroy (and did not lose with its
  * session) is kept and tried again on the session's next use: never leaked. */
-CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h)
+CK_RV p11_destroy_owned(p11_session *s, CK_OBJECT_HANDLE h, CK_SESSION_HANDLE owner)
 {
     p11_token *t = s->tok;
     CK_RV rv;
     if (h == CK_INVALID_HANDLE)
         return CKR_OK;
     rv = P11_CALL(s->fl, C_DestroyObject, s->h, h);
-    if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID && !p11_rv_is_session_loss(rv)) {
+    /* Even "session handle invalid": the token may say so of a session it still
+     * knows, and h may belong to another, live session. If the owner is really
+     * gone, closing it drops the entry (p11_session_put). */
+    if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID) {
         pthread_mutex_lock(&t->lock);
         if (t->npending < P11_PENDING_MAX && t->gen == s->gen) {
             t->pending[t->npending].obj = h;
-            t->pending[t->npending].owner = s->h;
+            t->pending[t->npending].owner = owner;
             t->npending++;
         }
         pthread_mutex_unlock(&t->lock);
     }
     return rv;
+}
+
+CK_RV p11_destroy(p11_session *s, CK_OBJECT_HANDLE h)
+{
+    return p11_destroy_owned(s, h, s->h);
 }
 
 void p11_destroy_pending(p11_session *s)

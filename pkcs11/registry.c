@@ -99,6 +99,7 @@ static void unlink_node(p11_registry *r, node *n)
 /* Objects to destroy once the lock is dropped. */
 typedef struct {
     CK_OBJECT_HANDLE h[16];
+    CK_SESSION_HANDLE owner[16];
     int n;
     node *free_later[8];
     int nf;
@@ -110,8 +111,10 @@ static void drop_ref(node *n, unsigned long cur_epoch, doomed *d)
         return;
     if (n->epoch == cur_epoch) {
         for (int i = 0; i < 2; i++)
-            if (n->v.obj[i] != CK_INVALID_HANDLE && d->n < 16)
+            if (n->v.obj[i] != CK_INVALID_HANDLE && d->n < 16) {
+                d->owner[d->n] = n->owner;
                 d->h[d->n++] = n->v.obj[i];
+            }
     }
     if (d->nf < 8)
         d->free_later[d->nf++] = n;
@@ -123,7 +126,7 @@ static void destroy_doomed(p11_session *s, doomed *d)
 {
     for (int i = 0; i < d->n; i++)
         if (s != NULL)
-            (void)p11_destroy(s, d->h[i]);
+            (void)p11_destroy_owned(s, d->h[i], d->owner[i]);
     for (int i = 0; i < d->nf; i++)
         node_free(d->free_later[i]);
 }
@@ -185,6 +188,7 @@ int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long
             break;
     if (n != NULL && n->epoch == epoch && now - n->born < (time_t)r->lifetime) {
         *out = n->v;
+        out->owner = n->owner;
         found = 1;
         if (take) {
             unlink_node(r, n);

@@ -388,6 +388,27 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
      * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
      * checked: see the README's security section. */
     good &= (rv == CKR_OK) & ((got == 48) | (got == 0));
+    if (t->caps.ms == P11_MS_HMAC) {
+        /* The master secret will be HMAC keyed with this secret, and tokens refuse
+         * keys below a minimum size (SoftHSM2: 32 bytes for SHA-256, 48 for
+         * SHA-384): a short secret would fail the handshake early, an oracle.
+         * Try the chosen object as an HMAC key now; unusable -> the random one.
+         * The same two calls run whatever the outcome (C_Sign ends an operation
+         * C_SignInit started, or fails at once if it did not). */
+        CK_MECHANISM hm = {t->caps.hmac_sha384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC, NULL, 0};
+        unsigned char mac[48];
+        CK_ULONG ml = sizeof(mac);
+        CK_RV irv = P11_CALL(s.fl, C_SignInit, s.h, &hm, good ? p : r);
+        CK_RV srv = P11_CALL(s.fl, C_Sign, s.h, (CK_BYTE_PTR) "p11tls", 6, mac, &ml);
+        OPENSSL_cleanse(mac, sizeof(mac));
+        if (p11_rv_is_session_loss(irv) || p11_rv_is_session_loss(srv)) {
+            /* closing the lost session (p11_session_put) ends its objects */
+            rv = p11_rv_is_session_loss(irv) ? irv : srv;
+            p11_session_put(&s, rv);
+            return fail_ckr("C_SignInit", rv, "pre-master secret");
+        }
+        good &= (irv == CKR_OK) & (srv == CKR_OK);
+    }
     if (!good && p == r)
         p = CK_INVALID_HANDLE;
 
@@ -409,6 +430,11 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
 }
 
 /* ---------------------------------------------------------- master secret */
+
+static CK_RV keep_loss(CK_RV lost, CK_RV rv)
+{
+    return lost == CKR_OK && p11_rv_is_session_loss(rv) ? rv : lost;
+}
 
 static const char *ms_label(int ems)
 {
@@ -486,6 +512,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     size_t llen = strlen(label), lslen = llen + seedlen;
     unsigned char *ls = NULL, msb[48];
     int have_msb = 0;
+    CK_RV lost = CKR_OK; /* a clean-up call said the session is gone */
 
     if (!p11_session_get(t, &s))
         return 0;
@@ -528,7 +555,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
             rv = derive_native(&s, h, ems, 1, pv.obj[1], seed, seedlen, &v2, &ms2);
             if (rv == CKR_OK) {
                 CK_OBJECT_HANDLE keep = ok ? ms : ms2, drop = ok ? ms2 : ms;
-                (void)p11_destroy(&s, drop);
+                lost = keep_loss(lost, p11_destroy(&s, drop));
                 ms = keep;
             }
         }
@@ -557,10 +584,10 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     }
     /* The pre-master secret is no longer needed. */
     if (is_pms) {
-        (void)p11_destroy(&s, pv.obj[0]);
-        (void)p11_destroy(&s, pv.obj[1]);
+        lost = keep_loss(lost, p11_destroy_owned(&s, pv.obj[0], pv.owner));
+        lost = keep_loss(lost, p11_destroy_owned(&s, pv.obj[1], pv.owner));
     } else {
-        (void)p11_destroy(&s, base);
+        lost = keep_loss(lost, p11_destroy(&s, base));
     }
     if (rv == CKR_OK) {
         call = "C_WrapKey";
@@ -581,7 +608,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     } else {
         (void)p11_destroy(&s, ms);
     }
-    p11_session_put(&s, rv);
+    /* A session the token called lost is closed even if the handshake went on. */
+    p11_session_put(&s, rv != CKR_OK ? rv : lost);
     if (rv != CKR_OK)
         return fail_ckr(call, rv, label);
     return 1;

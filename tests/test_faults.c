@@ -1,9 +1,10 @@
 /* test_faults.c - a token that fails any single call p11tls makes: through the
  * call layer's fault hook, every call of a TLS 1.2 handshake's token work (RSA
  * key exchange into the token, master secret, key block, Finished, a handle
- * resolved by a second process-like token instance) fails in turn with each of
- * CKR_GENERAL_ERROR and CKR_DEVICE_MEMORY (CKR_SESSION_HANDLE_INVALID injected into
- * a session the token still knows is open work: see issue 8). Each run
+ * resolved by a second process-like token instance, the server's RSA signature,
+ * a key looked up again) fails in turn with each of
+ * CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY and CKR_SESSION_HANDLE_INVALID (injected
+ * into a session the token still knows: p11tls must close it). Each run
  * must fail or succeed cleanly, and afterwards the token holds exactly the
  * secret objects p11tls still accounts for (no leaked object), and a normal
  * run works again. */
@@ -23,12 +24,15 @@ static long fail_at;    /* fail the fail_at-th call from now (1-based); 0: none 
 static long calls_seen; /* calls since the counter was armed */
 static CK_RV fail_rv;
 
+static const char *failed_call; /* the call that was made to fail */
+
 static CK_RV hook(const char *call)
 {
-    (void)call;
     calls_seen++;
-    if (fail_at > 0 && calls_seen == fail_at)
+    if (fail_at > 0 && calls_seen == fail_at) {
+        failed_call = call;
         return fail_rv;
+    }
     return CKR_OK;
 }
 
@@ -63,6 +67,18 @@ static int scenario(void)
          p11_tls_master(t1, P11_PRF_SHA384, 1, pms, 32, cr, 48, msh) &&
          p11_tls_prf(t1, P11_PRF_SHA384, msh, (const unsigned char *)"key expansion", 13, kb,
                      sizeof(kb));
+    /* the server's signature (ECDHE-RSA), and a key looked up again */
+    if (ok) {
+        CK_MECHANISM m = {CKM_RSA_PKCS, NULL, 0};
+        unsigned char sig[512];
+        size_t siglen = sizeof(sig);
+        p11_uri *u = tu_key_uri();
+        p11_key *k2 = u != NULL ? p11_key_find(t2, u) : NULL;
+        ok = p11_rsa_sign(key, &m, cr, 36, sig, &siglen) && k2 != NULL &&
+             p11_rsa_sign(k2, &m, cr, 36, sig, &siglen);
+        p11_key_free(k2);
+        p11_uri_free(u);
+    }
     OPENSSL_cleanse(pms, sizeof(pms));
     return ok;
 }
@@ -117,8 +133,8 @@ static void run_faults(CK_RV rv, const char *name)
         /* Objects: exactly those p11tls still holds (plus what was there before). */
         if (count_secret_objects() - accounted() != base) {
             leaks++;
-            fprintf(stderr, "\n    %s at call %ld: %ld objects, %ld accounted, base %ld", name, k,
-                    count_secret_objects(), accounted(), base);
+            fprintf(stderr, "\n    %s at call %ld (%s): %ld objects, %ld accounted, base %ld", name,
+                    k, failed_call, count_secret_objects(), accounted(), base);
             base = count_secret_objects() - accounted(); /* report each leak once */
         }
         /* ... and the next handshake works (after a lost session: a fresh one). */
@@ -145,11 +161,20 @@ static void test_device_memory(void)
     run_faults(CKR_DEVICE_MEMORY, "CKR_DEVICE_MEMORY");
 }
 
+/* The token says the session is gone while it still knows it (and its objects):
+ * p11tls must close it (ending its objects) rather than forget it. */
+static void test_session_handle_invalid(void)
+{
+    run_faults(CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID");
+}
+
 int main(void)
 {
-    CU_TestInfo tests[] = {{"every call fails with CKR_GENERAL_ERROR", test_general_error},
-                           {"every call fails with CKR_DEVICE_MEMORY", test_device_memory},
-                           CU_TEST_INFO_NULL};
+    CU_TestInfo tests[] = {
+        {"every call fails with CKR_GENERAL_ERROR", test_general_error},
+        {"every call fails with CKR_DEVICE_MEMORY", test_device_memory},
+        {"every call fails with CKR_SESSION_HANDLE_INVALID", test_session_handle_invalid},
+        CU_TEST_INFO_NULL};
     p11_uri *u;
     int rc;
 

@@ -200,6 +200,120 @@ static void test_rsa_kx_wrong_version(void)
     kat_rsa("SHA2-256", 1, 0x0302, 0x0303, 0);
 }
 
+/* A ClientKeyExchange built by hand: em = 00 02 PS 00 M, each part as given,
+ * RSA-encrypted without padding, then decrypted into the token as libssl does. */
+static int rsa_kx_raw(const unsigned char *em, size_t emlen, unsigned char handle[48])
+{
+    EVP_PKEY *pub = tu_cert_pubkey(), *key = tu_token_pkey();
+    EVP_PKEY_CTX *e = EVP_PKEY_CTX_new_from_pkey(NULL, pub, "provider=default");
+    EVP_PKEY_CTX *d = EVP_PKEY_CTX_new_from_pkey(tu_libctx(), key, NULL);
+    unsigned char ct[512];
+    size_t ctlen = sizeof(ct), outlen = 48;
+    unsigned client_version = 0x0303;
+    OSSL_PARAM p[2];
+    int ok = 0;
+
+    p[0] = OSSL_PARAM_construct_uint(OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, &client_version);
+    p[1] = OSSL_PARAM_construct_end();
+    if (e && d && EVP_PKEY_encrypt_init(e) > 0 &&
+        EVP_PKEY_CTX_set_rsa_padding(e, RSA_NO_PADDING) > 0 &&
+        EVP_PKEY_encrypt(e, ct, &ctlen, em, emlen) > 0 && EVP_PKEY_decrypt_init(d) > 0 &&
+        EVP_PKEY_CTX_set_rsa_padding(d, RSA_PKCS1_WITH_TLS_PADDING) > 0 &&
+        EVP_PKEY_CTX_set_params(d, p) > 0 && EVP_PKEY_decrypt(d, handle, &outlen, ct, ctlen) > 0)
+        ok = outlen == 48;
+    if (!ok)
+        tu_print_errors();
+    EVP_PKEY_CTX_free(e);
+    EVP_PKEY_CTX_free(d);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(key);
+    return ok;
+}
+
+/* em for a message of mlen bytes (its first two bytes 03 03), with one defect. */
+enum em_defect { EM_NONE, EM_FIRST_BYTE, EM_BLOCK_TYPE, EM_NO_SEPARATOR };
+static size_t make_em(unsigned char *em, size_t k, size_t mlen, enum em_defect defect,
+                      unsigned char *m)
+{
+    size_t ps = k - 3 - mlen;
+    RAND_bytes(m, (int)mlen);
+    m[0] = 3, m[1] = 3;
+    em[0] = defect == EM_FIRST_BYTE ? 1 : 0;
+    em[1] = defect == EM_BLOCK_TYPE ? 1 : 2;
+    for (size_t i = 0; i < ps; i++) {
+        do
+            RAND_bytes(em + 2 + i, 1);
+        while (em[2 + i] == 0);
+    }
+    em[2 + ps] = 0;
+    memcpy(em + 3 + ps, m, mlen);
+    if (defect == EM_NO_SEPARATOR) {
+        for (size_t i = 2; i < k; i++)
+            if (em[i] == 0)
+                em[i] = 0x5a;
+    }
+    return k;
+}
+
+/* Every malformed plaintext: the decryption and the master secret succeed (no
+ * early failure, which would be an oracle), and the master secret is not the
+ * one the message carries, except where the README says the token cannot tell
+ * (a secret longer than 48 bytes at `transient`). */
+static void test_rsa_kx_malformed(void)
+{
+    struct {
+        const char *what;
+        size_t mlen;
+        enum em_defect defect;
+        int must_differ;
+    } cases[] = {
+        {"valid", 48, EM_NONE, 0},
+        {"wrong first byte", 48, EM_FIRST_BYTE, 1},
+        {"wrong block type", 48, EM_BLOCK_TYPE, 1},
+        {"no zero separator", 48, EM_NO_SEPARATOR, 1},
+        {"8-byte secret", 8, EM_NONE, 1},
+        {"32-byte secret", 32, EM_NONE, 1},
+        {"47-byte secret", 47, EM_NONE, 1},
+        {"64-byte secret", 64, EM_NONE, 2},
+    };
+    EVP_PKEY *pub = tu_cert_pubkey();
+    size_t k = (size_t)EVP_PKEY_get_size(pub);
+    int sealed = tu_kind() != NULL && strcmp(tu_kind(), "nss") == 0;
+    EVP_PKEY_free(pub);
+
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        for (int hi = 0; hi < 2; hi++) {
+            const char *md = hi ? "SHA2-384" : "SHA2-256";
+            unsigned char em[512], m[64], pmsh[48], cr[32], sr[32], handle[48], ms[48];
+            int differ;
+            RAND_bytes(cr, 32);
+            RAND_bytes(sr, 32);
+            make_em(em, k, cases[c].mlen, cases[c].defect, m);
+            CU_ASSERT_FATAL(rsa_kx_raw(em, k, pmsh));
+            if (!prf(TOKEN, md, pmsh, 48, "master secret", cr, 32, sr, 32, handle, 48)) {
+                fprintf(stderr, "  %s (%s): master secret failed\n", cases[c].what, md);
+                CU_FAIL("master secret from a malformed ClientKeyExchange failed");
+                continue;
+            }
+            CU_ASSERT_FATAL(
+                prf(SOFT, md, m, cases[c].mlen, "master secret", cr, 32, sr, 32, ms, 48));
+            {
+                unsigned char a[40], b[40];
+                CU_ASSERT_FATAL(prf(TOKEN, md, handle, 48, "key expansion", sr, 32, cr, 32, a, 40));
+                CU_ASSERT_FATAL(prf(SOFT, md, ms, 48, "key expansion", sr, 32, cr, 32, b, 40));
+                differ = memcmp(a, b, 40) != 0;
+            }
+            if (cases[c].must_differ == 0) {
+                CU_ASSERT(!differ);
+            } else if (cases[c].must_differ == 1 || sealed) {
+                CU_ASSERT(differ);
+            }
+            if (cases[c].must_differ == 1 && !differ)
+                fprintf(stderr, "  %s (%s): the message's secret was used\n", cases[c].what, md);
+        }
+    }
+}
+
 /* A pre-master-secret handle is single use: a second master-secret derivation
  * with it treats it as raw bytes, never as the secret again. */
 static void test_pms_handle_single_use(void)
@@ -320,6 +434,7 @@ int main(void)
     CU_TestInfo all[] = {{"raw secrets, SHA-256, EMS on/off", test_raw_sha256},
                          {"raw secrets, SHA-384, EMS on/off", test_raw_sha384},
                          {"RSA key exchange into the token", test_rsa_kx},
+                         {"RSA key exchange, malformed plaintexts", test_rsa_kx_malformed},
                          {"pre-master-secret handle is single use", test_pms_handle_single_use},
                          {"forged and corrupted handles", test_forged_handle},
                          {"TLS 1.0/1.1 PRF refused", test_md5_sha1_refused},
@@ -329,6 +444,6 @@ int main(void)
     /* Only tokens that report the version bytes (native TLS mechanisms) can
      * check them: see the README's security section. */
     if (kind != NULL && strcmp(kind, "nss") == 0)
-        all[7] = (CU_TestInfo){"RSA key exchange, wrong version", test_rsa_kx_wrong_version};
+        all[8] = (CU_TestInfo){"RSA key exchange, wrong version", test_rsa_kx_wrong_version};
     return tu_run("tls12", all);
 }

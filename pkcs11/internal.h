@@ -53,7 +53,9 @@ struct p11_token {
     p11_registry *pms, *ms;
     CK_OBJECT_HANDLE wrap_key;
     unsigned long wrap_gen;
-    pthread_mutex_t wrap_lock;
+    CK_OBJECT_HANDLE fallback; /* stand-in for a pre-master secret that failed its checks */
+    unsigned long fallback_gen;
+    pthread_mutex_t wrap_lock; /* guards wrap_key and fallback */
 };
 
 /* log.c */
@@ -82,14 +84,19 @@ CK_RV p11_key_object(p11_key *k, p11_session *s, CK_OBJECT_HANDLE *o);
 /* A session copy of token object tok (faster on tokens that re-load token objects
  * at every use); tok itself if the token will not copy it. */
 CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok);
+/* C_GenerateKey in that same owner session: a session object that lives as long as
+ * the token's generation (not per connection). */
+CK_RV p11_owner_generate(p11_session *s, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                         CK_OBJECT_HANDLE *out);
 
 /* registry.c: a bounded, thread-safe map from 48-byte handles to token objects */
 typedef struct {
     CK_OBJECT_HANDLE obj[2]; /* pms: {unwrapped, random}; ms: {ms, 0} */
-    unsigned flags;          /* pms: 1 = unwrapped secret is good */
+    unsigned flags;          /* pms: 1 = unwrapped secret is good; ms: P11_REG_SHARED */
     unsigned client_version, alt_version;
     CK_SESSION_HANDLE owner; /* set by p11_registry_get: the session that made obj[] */
 } p11_reg_value;
+#define P11_REG_SHARED 2u /* obj[0] is not the entry's own: never destroyed with it */
 p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime);
 void p11_registry_free(p11_registry *r);
 /* Inserts (takes ownership of the objects). Evicted objects of the current epoch are

@@ -241,25 +241,47 @@ size_t p11_key_bits(const p11_key *k)
     return bits;
 }
 
-CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok)
+/* With t->owner_lock held: the owner session of s's generation, opened on first use. */
+static CK_RV owner_session_locked(p11_session *s)
 {
     p11_token *t = s->tok;
-    CK_BBOOL no = CK_FALSE;
-    CK_ATTRIBUTE a = {CKA_TOKEN, &no, sizeof(no)};
-    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
     CK_RV rv = CKR_OK;
-
-    pthread_mutex_lock(&t->owner_lock);
     if (t->owner_gen != s->gen) {
         rv = P11_CALL(t->fl, C_OpenSession, t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
                       NULL, &t->owner_h);
         if (rv == CKR_OK)
             t->owner_gen = s->gen;
     }
+    return rv;
+}
+
+CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok)
+{
+    p11_token *t = s->tok;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE a = {CKA_TOKEN, &no, sizeof(no)};
+    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    pthread_mutex_lock(&t->owner_lock);
+    rv = owner_session_locked(s);
     if (rv == CKR_OK)
         rv = P11_CALL(t->fl, C_CopyObject, t->owner_h, tok, &a, 1, &copy);
     pthread_mutex_unlock(&t->owner_lock);
     return rv == CKR_OK ? copy : tok;
+}
+
+CK_RV p11_owner_generate(p11_session *s, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                         CK_OBJECT_HANDLE *out)
+{
+    p11_token *t = s->tok;
+    CK_RV rv;
+    pthread_mutex_lock(&t->owner_lock);
+    rv = owner_session_locked(s);
+    if (rv == CKR_OK)
+        rv = P11_CALL(t->fl, C_GenerateKey, t->owner_h, mech, tmpl, n, out);
+    pthread_mutex_unlock(&t->owner_lock);
+    return rv;
 }
 
 /* The private key's object handle in this session's generation (re-found, and

@@ -109,7 +109,7 @@ static void drop_ref(node *n, unsigned long cur_epoch, doomed *d)
 {
     if (--n->refs > 0)
         return;
-    if (n->epoch == cur_epoch) {
+    if (n->epoch == cur_epoch && !(n->v.flags & P11_REG_SHARED)) {
         for (int i = 0; i < 2; i++)
             if (n->v.obj[i] != CK_INVALID_HANDLE && d->n < 16) {
                 d->owner[d->n] = n->owner;
@@ -249,7 +249,7 @@ unsigned long p11_registry_objects(p11_registry *r)
     pthread_mutex_lock(&r->lock);
     for (node *n = r->oldest; n != NULL; n = n->younger)
         for (int i = 0; i < 2; i++)
-            c += n->v.obj[i] != CK_INVALID_HANDLE;
+            c += n->v.obj[i] != CK_INVALID_HANDLE && !(n->v.flags & P11_REG_SHARED);
     pthread_mutex_unlock(&r->lock);
     return c;
 }

@@ -143,6 +143,43 @@ static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
     return rv;
 }
 
+/* The stand-in for a pre-master secret that failed its checks (RFC 5246 7.4.7.1's
+ * random R): one random 48-byte sensitive session object per token and process,
+ * made once in the owner session. Whatever is derived from it nobody knows, and a
+ * handshake that uses it fails at the client's Finished. Being long-lived, it costs
+ * no token call per handshake. */
+static CK_RV fallback_secret(p11_session *s, CK_OBJECT_HANDLE *out)
+{
+    p11_token *t = s->tok;
+    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_ULONG len48 = 48;
+    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
+                                              {CKA_VALUE_LEN, &len48, sizeof(len48)}};
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&t->wrap_lock);
+    if (t->fallback_gen != s->gen || t->fallback == CK_INVALID_HANDLE) {
+        rv = p11_owner_generate(s, &gen, rt, SECRET_TEMPLATE_N + 1, &t->fallback);
+        if (rv == CKR_OK)
+            t->fallback_gen = s->gen;
+        else
+            p11_err_ckr("C_GenerateKey", rv, "the random stand-in secret");
+    }
+    *out = t->fallback;
+    pthread_mutex_unlock(&t->wrap_lock);
+    return rv;
+}
+
+/* C_DestroyObject on h, or the same call on no object when h does not exist, so
+ * that the calls made do not tell whether it did. */
+static CK_RV destroy_always(p11_session *s, CK_OBJECT_HANDLE h, CK_SESSION_HANDLE owner)
+{
+    if (h != CK_INVALID_HANDLE)
+        return p11_destroy_owned(s, h, owner);
+    (void)P11_CALL(s->fl, C_DestroyObject, s->h, CK_INVALID_HANDLE);
+    return CKR_OK;
+}
+
 /* Does C_WrapKey(CKM_AES_CBC, zero IV) give exactly AES-CBC of a 48-byte secret,
  * so that resolve_handle can undo it? Tried once on a throw-away, readable secret. */
 static int probe_cbc_wrap(p11_session *s, CK_OBJECT_HANDLE k)
@@ -188,6 +225,10 @@ int p11_tls_prepare(p11_token *t)
     rv = wrap_key(&s, &k);
     if (rv == CKR_OK && t->caps.ms == P11_MS_HMAC)
         t->caps.aes_cbc_wrap = probe_cbc_wrap(&s, k);
+    if (rv == CKR_OK) {
+        CK_OBJECT_HANDLE fb;
+        rv = fallback_secret(&s, &fb); /* raises its error */
+    }
     p11_session_put(&s, rv);
     return rv == CKR_OK; /* wrap_key raised the error */
 }
@@ -349,11 +390,8 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     p11_token *t = p11_key_token(k);
     p11_session s;
     CK_OBJECT_HANDLE kobj, r = CK_INVALID_HANDLE, p = CK_INVALID_HANDLE;
-    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
     CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
-    CK_ULONG len48 = 48, got = 0;
-    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
-                                              {CKA_VALUE_LEN, &len48, sizeof(len48)}};
+    CK_ULONG got = 0;
     CK_ATTRIBUTE pt[SECRET_TEMPLATE_N] = {SECRET_TEMPLATE(&no)};
     CK_ATTRIBUTE la = {CKA_VALUE_LEN, &got, sizeof(got)};
     p11_reg_value v;
@@ -367,15 +405,15 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     if (!p11_session_get(t, &s))
         return 0;
     rv = p11_key_object(k, &s, &kobj);
-    /* The random secret first, unconditionally: the fallback of RFC 5246 7.4.7.1. */
     if (rv == CKR_OK)
-        rv = P11_CALL(s.fl, C_GenerateKey, s.h, &gen, rt, SECRET_TEMPLATE_N + 1, &r);
+        rv = fallback_secret(&s, &r);
     if (rv != CKR_OK) {
         p11_session_put(&s, rv);
-        return fail_ckr("C_GenerateKey", rv, "random pre-master secret");
+        return fail_ckr("C_GenerateKey", rv, "pre-master secret");
     }
-    /* No CKA_VALUE_LEN: tokens differ on it. Whatever this returns, the calls that
-     * follow are the same; only the choice of object differs. */
+    /* No CKA_VALUE_LEN: tokens differ on it (NSS truncates a longer secret to it,
+     * SoftHSM2 refuses it). Whatever this returns, the calls that follow are the
+     * same; only the choice of object differs. */
     urv = P11_CALL(s.fl, C_UnwrapKey, s.h, &rsa, kobj, (CK_BYTE_PTR)ct, ctlen, pt,
                    SECRET_TEMPLATE_N, &p);
     if (p11_rv_is_session_loss(urv)) {
@@ -383,6 +421,8 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
         return fail_ckr("C_UnwrapKey", urv, "pre-master secret");
     }
     good = (urv == CKR_OK);
+    if (!good)
+        p = CK_INVALID_HANDLE;
     rv = P11_CALL(s.fl, C_GetAttributeValue, s.h, good ? p : r, &la, 1);
     /* A token that does not report the length (SoftHSM2 says 0 for an object
      * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
@@ -392,7 +432,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
         /* The master secret will be HMAC keyed with this secret, and tokens refuse
          * keys below a minimum size (SoftHSM2: 32 bytes for SHA-256, 48 for
          * SHA-384): a short secret would fail the handshake early, an oracle.
-         * Try the chosen object as an HMAC key now; unusable -> the random one.
+         * Try the chosen object as an HMAC key now; unusable -> the stand-in.
          * The same two calls run whatever the outcome (C_Sign ends an operation
          * C_SignInit started, or fails at once if it did not). */
         CK_MECHANISM hm = {t->caps.hmac_sha384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC, NULL, 0};
@@ -409,18 +449,14 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
         }
         good &= (irv == CKR_OK) & (srv == CKR_OK);
     }
-    if (!good && p == r)
-        p = CK_INVALID_HANDLE;
 
     memset(&v, 0, sizeof(v));
-    v.obj[0] = urv == CKR_OK ? p : CK_INVALID_HANDLE;
-    v.obj[1] = r;
+    v.obj[0] = p; /* destroyed after the master secret, whether good or not */
     v.flags = good;
     v.client_version = client_version;
     v.alt_version = alt_version;
     if (!p11_registry_put(t->pms, &s, handle, &v)) {
-        (void)p11_destroy(&s, v.obj[0]);
-        (void)p11_destroy(&s, r);
+        (void)p11_destroy(&s, p);
         p11_session_put(&s, CKR_OK);
         p11_err(ERR_R_MALLOC_FAILURE, "pre-master secret registry");
         return 0;
@@ -513,16 +549,27 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     unsigned char *ls = NULL, msb[48];
     int have_msb = 0;
     CK_RV lost = CKR_OK; /* a clean-up call said the session is gone */
+    CK_OBJECT_HANDLE stand_in = CK_INVALID_HANDLE;
+    unsigned ok = 1, shared = 0;
+    unsigned char rnd[P11_TLS_HANDLE_LEN];
 
+    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
+        p11_err(ERR_R_OPERATION_FAIL, "getrandom failed");
+        return 0;
+    }
     if (!p11_session_get(t, &s))
         return 0;
     memset(&pv, 0, sizeof(pv));
     if (secretlen == P11_TLS_HANDLE_LEN &&
         p11_registry_get(t->pms, secret, s.epoch, 1, &pv, &ref)) {
         is_pms = 1;
-        /* Bad padding or length: the random secret. The version is checked below
+        /* Bad padding or length: the stand-in secret. The version is checked below
          * where the token reports it. */
-        base = pv.flags ? pv.obj[0] : pv.obj[1];
+        call = "C_GenerateKey";
+        rv = fallback_secret(&s, &stand_in);
+        base = pv.flags ? pv.obj[0] : stand_in;
+        if (rv == CKR_OK)
+            call = "C_DeriveKey";
     } else {
         /* Raw bytes (an ECDHE secret, a client's own pre-master secret): into the
          * token as a sensitive session object. HMAC keys shorter than the block
@@ -543,21 +590,13 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     }
 
     if (rv == CKR_OK && t->caps.ms == P11_MS_NATIVE) {
-        CK_VERSION v1 = {0, 0}, v2;
-        CK_OBJECT_HANDLE ms2 = CK_INVALID_HANDLE;
+        CK_VERSION v1 = {0, 0};
         rv = derive_native(&s, h, ems, is_pms, base, seed, seedlen, &v1, &ms);
         if (rv == CKR_OK && is_pms) {
-            /* Version check; a mismatch continues with the random secret. Both
-             * derivations always run, so the calls do not depend on the outcome. */
+            /* The version check: acted on after the handle is made, below. */
             unsigned ver = ((unsigned)v1.major << 8) | v1.minor;
-            unsigned ok = pv.flags & ((ver == pv.client_version) |
-                                      (pv.alt_version != 0 && ver == pv.alt_version));
-            rv = derive_native(&s, h, ems, 1, pv.obj[1], seed, seedlen, &v2, &ms2);
-            if (rv == CKR_OK) {
-                CK_OBJECT_HANDLE keep = ok ? ms : ms2, drop = ok ? ms2 : ms;
-                lost = keep_loss(lost, p11_destroy(&s, drop));
-                ms = keep;
-            }
+            ok = pv.flags &
+                 ((ver == pv.client_version) | (pv.alt_version != 0 && ver == pv.alt_version));
         }
     } else if (rv == CKR_OK) {
         ls = malloc(lslen);
@@ -584,8 +623,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     }
     /* The pre-master secret is no longer needed. */
     if (is_pms) {
-        lost = keep_loss(lost, p11_destroy_owned(&s, pv.obj[0], pv.owner));
-        lost = keep_loss(lost, p11_destroy_owned(&s, pv.obj[1], pv.owner));
+        lost = keep_loss(lost, destroy_always(&s, pv.obj[0], pv.owner));
     } else {
         lost = keep_loss(lost, p11_destroy(&s, base));
     }
@@ -593,6 +631,20 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         call = "C_WrapKey";
         rv = make_handle(&s, ms, have_msb ? msb : NULL, handle);
     }
+    if (rv == CKR_OK && is_pms && t->caps.ms == P11_MS_NATIVE) {
+        /* Bad padding, length or version: the master secret just derived may be
+         * one the client knows. The handshake goes on with the stand-in under a
+         * random handle instead, and fails at the client's Finished. Either way
+         * the same call follows: C_DestroyObject of that master secret, or of
+         * no object. */
+        lost = keep_loss(lost, destroy_always(&s, ok ? CK_INVALID_HANDLE : ms, s.h));
+        if (!ok) {
+            ms = stand_in;
+            shared = 1;
+            memcpy(handle, rnd, sizeof(rnd));
+        }
+    }
+    OPENSSL_cleanse(rnd, sizeof(rnd));
     OPENSSL_cleanse(msb, sizeof(msb));
     if (have_msb)
         p11_scrub_heap(); /* the secret went through the module's buffers */
@@ -603,7 +655,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     if (rv == CKR_OK) {
         memset(&mv, 0, sizeof(mv));
         mv.obj[0] = ms;
-        if (!p11_registry_put(t->ms, &s, handle, &mv))
+        mv.flags = shared ? P11_REG_SHARED : 0;
+        if (!p11_registry_put(t->ms, &s, handle, &mv) && !shared)
             (void)p11_destroy(&s, ms); /* resolvable again from the handle */
     } else {
         (void)p11_destroy(&s, ms);

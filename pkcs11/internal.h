@@ -33,8 +33,13 @@ struct p11_token {
     unsigned long gen;   /* module (re)initialisations: sessions of older ones are gone */
     unsigned long epoch; /* object validity: bumped when session objects may be lost */
     unsigned long login_gen;
-    int broken; /* the token went away; recover on next use */
-    time_t last_recovery;
+    int broken; /* the token went away; re-opened on a later use (session.c) */
+    struct p11_loss {
+        long long since, next_try; /* when it was lost; no re-open attempt before next_try */
+        char cause[160];           /* "C_Sign: CKR_DEVICE_REMOVED" */
+        int reported;              /* the cause was raised in this process */
+        unsigned long attempts, refused;
+    } loss;         /* the event while broken */
     int pin_failed; /* never retry a wrong PIN */
     CK_SESSION_HANDLE *idle;
     unsigned nidle, nopen, max_sessions;

@@ -18,6 +18,11 @@
 
 p11_fault_fn p11_fault_hook = NULL;
 _Thread_local CK_RV p11_injected_rv = CKR_OK;
+/* The first call of the latest run of failures with the same code on this thread
+ * since session.c cleared it (when it handed out a session): names the call that
+ * saw a token go away, not the clean-up calls that failed after it. */
+_Thread_local const char *p11_first_failed_call;
+_Thread_local CK_RV p11_first_failed_rv;
 
 static pthread_once_t dbg_once = PTHREAD_ONCE_INIT;
 static FILE *dbg_out = NULL;
@@ -187,6 +192,10 @@ CK_RV p11_call_end(const char *call, CK_RV rv)
         }
     }
     pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+    if (rv != CKR_OK && (p11_first_failed_call == NULL || rv != p11_first_failed_rv)) {
+        p11_first_failed_call = call;
+        p11_first_failed_rv = rv;
+    }
     count_call(call);
     if (p11_debug_enabled())
         p11_debug("%s -> %s", call, p11_ckr_name(rv));

@@ -2,7 +2,17 @@
  * sessions. It is also where fork and token loss are noticed and recovered:
  * a child process re-initialises the module and logs in again before its
  * first token use; a lost session or device is dropped, never handed out
- * again, and the token is re-initialised on next use (at most once a second). */
+ * again.
+ *
+ * Token loss (a call answers CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, ...) is an
+ * event: the token is re-opened at once (a module finalised under p11tls: at next
+ * use), and while that fails every operation is refused without touching the
+ * token, with at most one re-open attempt per RETRY_MS per process. The first
+ * refusal of an event in this process raises the cause (the call, its CKR_ name,
+ * why re-opening failed); later ones raise a short "unavailable (lost N s ago)"
+ * error, so a server logging each failed handshake names the cause once per
+ * event. The loss and the recovery are noted in the debug log. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +20,13 @@
 #include <openssl/err.h>
 #include <openssl/proverr.h>
 #include "internal.h"
+
+/* log.c: the call that saw a token go away (the first of the latest run of failures
+ * with one code on this thread; cleared here when a session is handed out). */
+extern _Thread_local const char *p11_first_failed_call;
+extern _Thread_local CK_RV p11_first_failed_rv;
+
+#define RETRY_MS 250 /* at most one re-open attempt per lost token per process this often */
 
 static int rv_is_device_loss(CK_RV rv)
 {
@@ -22,26 +39,172 @@ int p11_rv_is_session_loss(CK_RV rv)
     return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv_is_device_loss(rv);
 }
 
-/* With t->lock held: re-initialise the module and find the slot again. A token
- * can be briefly invisible to a fresh C_Initialize while another process writes
- * its store (SoftHSM2 rewrites it at every login; nginx's workers fork and log in
- * together), so the lookup is retried a few times with a short back-off. */
-static int recover_locked(p11_token *t, int after_fork)
+static long long now_ms(void)
 {
-    CK_RV rv = CKR_OK;
-    time_t now = time(NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
-    if (!after_fork && now == t->last_recovery) {
-        p11_err(ERR_R_OPERATION_FAIL, "token '%s' is unavailable (recovery pending)", t->label);
-        return 0;
+/* ------------------------------------------------------------ loss events */
+/* The event a lost token is going through lives in t->loss (guarded by t->lock):
+ * set when the token is lost, done with when it is back. */
+typedef struct p11_loss loss_rec;
+
+/* The text of the newest error on this thread's queue, without the "p11tls: " prefix. */
+static void last_error_text(char *buf, size_t len)
+{
+    const char *data = NULL;
+    int flags = 0;
+    unsigned long e = ERR_peek_last_error_data(&data, &flags);
+
+    buf[0] = '\0';
+    if (e == 0)
+        return;
+    if (data != NULL && (flags & ERR_TXT_STRING) && *data != '\0') {
+        if (strncmp(data, "p11tls: ", 8) == 0)
+            data += 8;
+        snprintf(buf, len, "%s", data);
+    } else {
+        ERR_error_string_n(e, buf, len);
     }
-    if (!after_fork)
-        t->last_recovery = now;
+}
+
+/* The newest error on this thread's queue already says that t is lost (a retry of
+ * the same operation is refused right after the failure that reported it). */
+static int queue_reports_loss(const p11_token *t)
+{
+    const char *data = NULL;
+    int flags = 0;
+    char prefix[64];
+    size_t n;
+
+    if (ERR_peek_last_error_data(&data, &flags) == 0 || data == NULL || !(flags & ERR_TXT_STRING))
+        return 0;
+    n = (size_t)snprintf(prefix, sizeof(prefix), "p11tls: token '%s' ", t->label);
+    return n < sizeof(prefix) && strncmp(data, prefix, n) == 0 &&
+           (strncmp(data + n, "lost", 4) == 0 || strncmp(data + n, "unavailable", 11) == 0);
+}
+
+/* With t->lock held: the token is lost (once per event; later calls do nothing). */
+static void mark_lost_locked(p11_token *t, const char *cause, int reported)
+{
+    loss_rec *r;
+
+    if (t->broken)
+        return;
+    t->broken = 1;
+    r = &t->loss;
+    r->since = r->next_try = now_ms();
+    snprintf(r->cause, sizeof(r->cause), "%s", cause);
+    r->reported = reported;
+    r->attempts = r->refused = 0;
+    p11_debug("token '%s' lost (%s)", t->label, cause);
+}
+
+/* With t->lock held: every pooled session and login is gone (module re-initialised). */
+static void reset_pool_locked(p11_token *t)
+{
     t->gen++;
     __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
     t->nidle = 0;
     t->nopen = 0;
     t->npending = 0;
+    pthread_cond_broadcast(&t->cond);
+}
+
+/* With t->lock held, t lost: one attempt to re-open it (re-initialise the module,
+ * find the slot; the login follows with the first session). On failure, why says
+ * what failed and nothing is left on the error queue. */
+static int reopen_locked(p11_token *t, char *why, size_t whylen)
+{
+    loss_rec *r = &t->loss;
+    CK_RV rv;
+    int ok;
+
+    r->attempts++;
+    r->next_try = now_ms() + RETRY_MS;
+    reset_pool_locked(t);
+    ERR_set_mark();
+    rv = p11_module_reinit(t->mod);
+    ok = rv == CKR_OK && p11_token_select_slot(t);
+    if (!ok && rv != CKR_OK)
+        snprintf(why, whylen, "C_Initialize: %s", p11_ckr_name(rv));
+    else if (!ok)
+        last_error_text(why, whylen);
+    ERR_pop_to_mark();
+    if (!ok)
+        return 0;
+    p11_debug("token '%s' is back after %.2f s (lost: %s; %lu re-open attempt(s), %lu "
+              "operation(s) refused meanwhile)",
+              t->label, (double)(now_ms() - r->since) / 1000.0, r->cause, r->attempts, r->refused);
+    t->broken = 0;
+    return 1;
+}
+
+/* With t->lock held, t lost: a re-open attempt if one is due. 1: t is back. */
+static int reopen_if_due_locked(p11_token *t, char *why, size_t whylen)
+{
+    why[0] = '\0';
+    if (now_ms() < t->loss.next_try)
+        return 0;
+    return reopen_locked(t, why, whylen);
+}
+
+/* With t->lock held, t lost: raises the error of a refused operation. The cause
+ * once per event in this process; then a short notice (none when the newest error
+ * on this thread's queue already says it). */
+static void refuse_locked(p11_token *t, const char *why)
+{
+    loss_rec *r = &t->loss;
+
+    r->refused++;
+    if (!r->reported) {
+        r->reported = 1;
+        p11_err(ERR_R_OPERATION_FAIL,
+                "token '%s' lost (%s)%s%s; operations fail until it is back (re-opened at most "
+                "every %d ms)",
+                t->label, r->cause, why[0] ? "; re-opening it failed: " : "", why, RETRY_MS);
+    } else if (!queue_reports_loss(t)) {
+        p11_err(ERR_R_OPERATION_FAIL, "token '%s' unavailable (lost %.1f s ago; retrying)",
+                t->label, (double)(now_ms() - r->since) / 1000.0);
+    }
+}
+
+/* With t->lock held: t is lost, by a call that failed with rv (call may be NULL). */
+static void mark_lost_by_locked(p11_token *t, const char *call, CK_RV rv)
+{
+    char cause[160];
+
+    snprintf(cause, sizeof(cause), "%s%s%s", call != NULL ? call : "", call != NULL ? ": " : "",
+             p11_ckr_name(rv));
+    mark_lost_locked(t, cause, 0);
+}
+
+/* With t->lock held: a call failed with rv, a loss of the device. Marks the event,
+ * tries to re-open the token at once; 1 if it is back, else 0 with the error raised. */
+static int lose_locked(p11_token *t, const char *call, CK_RV rv)
+{
+    char why[256];
+
+    if (!t->broken)
+        mark_lost_by_locked(t, call, rv);
+    if (reopen_if_due_locked(t, why, sizeof(why)))
+        return 1;
+    refuse_locked(t, why);
+    return 0;
+}
+
+/* With t->lock held, in a forked child: re-initialise the module and find the slot
+ * again. A token can be briefly invisible to a fresh C_Initialize while another
+ * process writes its store (SoftHSM2 rewrites it at every login; nginx's workers
+ * fork and log in together), so the lookup is retried a few times with a short
+ * back-off. On failure the last attempt's errors stay on the queue. */
+static int reinit_after_fork_locked(p11_token *t)
+{
+    CK_RV rv = CKR_OK;
+
+    reset_pool_locked(t);
     for (int attempt = 0; attempt < 6; attempt++) {
         if (attempt > 0) {
             struct timespec ts = {0, 20000000L * attempt}; /* 20, 40, ... 100 ms */
@@ -51,9 +214,6 @@ static int recover_locked(p11_token *t, int after_fork)
         rv = p11_module_reinit(t->mod);
         if (rv == CKR_OK && p11_token_select_slot(t)) {
             ERR_pop_to_mark();
-            if (t->broken)
-                p11_debug("token '%s' is back", t->label);
-            t->broken = 0;
             return 1;
         }
         if (attempt < 5)
@@ -62,8 +222,7 @@ static int recover_locked(p11_token *t, int after_fork)
             ERR_clear_last_mark();
     }
     if (rv != CKR_OK)
-        p11_err_ckr("C_Initialize", rv, "token '%s': re-initialising after %s", t->label,
-                    after_fork ? "fork" : "token loss");
+        p11_err_ckr("C_Initialize", rv, "token '%s': re-initialising after fork", t->label);
     return 0;
 }
 
@@ -72,24 +231,34 @@ int p11_session_get(p11_token *t, p11_session *s)
     CK_SESSION_HANDLE h;
     CK_RV rv;
     unsigned long gen;
-    int need_login;
+    int need_login, retried = 0, back;
+    char why[256];
 
+again:
     pthread_mutex_lock(&t->lock);
-    if (t->pid != getpid()) {
-        /* A forked child: the parent's sessions, login and objects are not ours. */
-        t->pid = getpid();
-        p11_debug("fork detected: re-initialising token '%s'", t->label);
-        if (!recover_locked(t, 1)) {
-            t->broken = 1;
+    for (;;) {
+        if (t->pid != getpid()) {
+            /* A forked child: the parent's sessions, login and objects (and any loss
+             * it was going through) are not ours. */
+            t->pid = getpid();
+            t->broken = 0;
+            p11_debug("fork detected: re-initialising token '%s'", t->label);
+            if (!reinit_after_fork_locked(t)) {
+                char cause[160];
+                last_error_text(cause, sizeof(cause));
+                mark_lost_locked(t, cause, 1); /* the errors raised are the report */
+                pthread_mutex_unlock(&t->lock);
+                return 0;
+            }
+        } else if (t->broken && !reopen_if_due_locked(t, why, sizeof(why))) {
+            refuse_locked(t, why);
             pthread_mutex_unlock(&t->lock);
             return 0;
         }
-    } else if (t->broken && !recover_locked(t, 0)) {
-        pthread_mutex_unlock(&t->lock);
-        return 0;
-    }
-    while (t->nidle == 0 && t->nopen >= t->max_sessions)
+        if (t->nidle > 0 || t->nopen < t->max_sessions)
+            break;
         pthread_cond_wait(&t->cond, &t->lock);
+    }
     s->tok = t;
     s->fl = t->fl;
     s->epoch = __atomic_load_n(&t->epoch, __ATOMIC_ACQUIRE);
@@ -100,6 +269,7 @@ int p11_session_get(p11_token *t, p11_session *s)
         pthread_mutex_unlock(&t->lock);
         if (pending)
             p11_destroy_pending(s);
+        p11_first_failed_call = NULL;
         return 1;
     }
     t->nopen++;
@@ -114,11 +284,18 @@ int p11_session_get(p11_token *t, p11_session *s)
         if (rv != CKR_OK) {
             (void)P11_CALL(t->fl, C_CloseSession, h);
             pthread_mutex_lock(&t->lock);
-            if (t->gen == gen)
+            back = -1;
+            if (t->gen == gen) {
                 t->nopen--;
+                if (rv_is_device_loss(rv))
+                    back = lose_locked(t, "C_Login", rv);
+            }
             pthread_cond_signal(&t->cond);
             pthread_mutex_unlock(&t->lock);
-            p11_token_login_error(t, rv);
+            if (back == 1 && !retried++)
+                goto again;
+            if (back != 0) /* not a loss, or lost again right after re-opening */
+                p11_token_login_error(t, rv);
             return 0;
         }
         pthread_mutex_lock(&t->lock);
@@ -128,19 +305,22 @@ int p11_session_get(p11_token *t, p11_session *s)
     }
     if (rv != CKR_OK) {
         pthread_mutex_lock(&t->lock);
+        back = -1;
         if (t->gen == gen) {
             t->nopen--;
-            if (rv_is_device_loss(rv) && !t->broken) {
-                t->broken = 1;
-                p11_debug("token '%s' lost (%s)", t->label, p11_ckr_name(rv));
-            }
+            if (rv_is_device_loss(rv))
+                back = lose_locked(t, "C_OpenSession", rv);
         }
         pthread_cond_signal(&t->cond);
         pthread_mutex_unlock(&t->lock);
-        p11_err_ckr("C_OpenSession", rv, "token '%s'", t->label);
+        if (back == 1 && !retried++)
+            goto again;
+        if (back != 0) /* not a loss, or lost again right after re-opening */
+            p11_err_ckr("C_OpenSession", rv, "token '%s'", t->label);
         return 0;
     }
     s->h = h;
+    p11_first_failed_call = NULL;
     return 1;
 }
 
@@ -170,10 +350,16 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
             else
                 i++;
         if (rv_is_device_loss(last_rv)) {
+            /* The operation failed; the token is re-opened now if it can be, else
+             * the loss is reported (once per event) with the caller's own error. A
+             * module finalised by someone else in this process is re-initialised on
+             * next use, not here (that would undo a deliberate C_Finalize). */
+            const char *call = p11_first_failed_rv == last_rv ? p11_first_failed_call : NULL;
             __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELEASE);
-            if (!t->broken)
-                p11_debug("token '%s' lost (%s)", t->label, p11_ckr_name(last_rv));
-            t->broken = 1;
+            if (last_rv == CKR_CRYPTOKI_NOT_INITIALIZED)
+                mark_lost_by_locked(t, call, last_rv);
+            else
+                (void)lose_locked(t, call, last_rv);
         }
     } else {
         t->idle[t->nidle++] = s->h;

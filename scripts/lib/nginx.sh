@@ -43,13 +43,14 @@ ngx_grant_token_access() {
 # ngx_write_conf DIR PORT [key=value...]: writes DIR/nginx.conf. Options:
 #   workers=N (2), tickets=on|off (on), user=NAME (www-data),
 #   ciphers=LIST, key=PEM file (P11TLS_KEY_PEM), cert=PEM (P11TLS_CERT),
-#   verify_client=CAFILE (mutual TLS), protocols="TLSv1.2" (TLSv1.2)
+#   verify_client=CAFILE (mutual TLS), protocols="TLSv1.2" (TLSv1.2),
+#   env="VAR ..." (more environment variables passed to the workers: `env` lines)
 ngx_write_conf() {
   local dir=$1 port=$2
   shift 2
   local workers=2 tickets=on user=www-data key=$P11TLS_KEY_PEM cert=$P11TLS_CERT
   local ciphers="AES128-GCM-SHA256:AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
-  local verify_client="" protocols="TLSv1.2" kv
+  local verify_client="" protocols="TLSv1.2" extra_env="" kv v
   for kv in "$@"; do
     case "$kv" in
     workers=*) workers=${kv#*=} ;;
@@ -60,6 +61,7 @@ ngx_write_conf() {
     cert=*) cert=${kv#*=} ;;
     verify_client=*) verify_client=${kv#*=} ;;
     protocols=*) protocols=${kv#*=} ;;
+    env=*) extra_env=${kv#*=} ;;
     *) echo "ngx_write_conf: unknown option $kv" >&2; return 1 ;;
     esac
   done
@@ -72,6 +74,7 @@ ngx_write_conf() {
     echo "error_log $dir/error.log info;"
     echo "user $user;"
     echo "env OPENSSL_CONF; env SOFTHSM2_CONF; env P11_KIT_SERVER_ADDRESS; env P11TLS_DEBUG;"
+    for v in $extra_env; do echo "env $v;"; done
     echo "events { worker_connections 256; }"
     echo "http {"
     echo "  log_format p11tls '\$pid \$ssl_protocol \$ssl_cipher \$ssl_session_reused \$status \$ssl_client_verify \"\$ssl_client_s_dn\"';"

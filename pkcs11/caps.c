@@ -138,7 +138,9 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
 
     memset(c, 0, sizeof(*c));
     if (P11_CALL(fl, C_GetMechanismList, slot, NULL, &n) == CKR_OK && n > 0 &&
-        (l = calloc(n, sizeof(*l))) != NULL &&
+        /* one spare element: p11-kit 0.24's RPC client reads one past the array
+         * when it drops a mechanism it cannot carry (fixed in p11-kit 0.25) */
+        (l = calloc(n + 1, sizeof(*l))) != NULL &&
         P11_CALL(fl, C_GetMechanismList, slot, l, &n) != CKR_OK)
         n = 0;
 

@@ -99,6 +99,10 @@ typedef struct {
     int sp800_dp;
     int aes_ecb_wrap, aes_ecb_unwrap, aes_ecb_encrypt, aes_ecb_decrypt;
     int aes_cbc_wrap; /* C_WrapKey(CKM_AES_CBC) verified (transient handles) */
+    /* transient: a C_WrapKey length query with this mechanism answers len_wrap_48 for
+     * a 48-byte secret and something else for a longer one (0: none found) */
+    CK_MECHANISM_TYPE len_wrap_mech;
+    CK_ULONG len_wrap_48;
     p11_ms_strategy ms;
     p11_level level;
     char missing[256]; /* what keeps this token below `sealed` */

@@ -153,8 +153,11 @@ static CK_RV fallback_secret(p11_session *s, CK_OBJECT_HANDLE *out)
     p11_token *t = s->tok;
     CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
     CK_ULONG len48 = 48;
-    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
-                                              {CKA_VALUE_LEN, &len48, sizeof(len48)}};
+    /* extractable only where the unwrapped secret is (the same length query runs on
+     * either, p11_tls_pms_unwrap) */
+    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {
+        SECRET_TEMPLATE(t->caps.len_wrap_mech != 0 ? &yes : &no),
+        {CKA_VALUE_LEN, &len48, sizeof(len48)}};
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&t->wrap_lock);
@@ -213,6 +216,45 @@ static int probe_cbc_wrap(p11_session *s, CK_OBJECT_HANDLE k)
     return ok;
 }
 
+/* At `transient`, can a C_WrapKey length query (no output) tell a 48-byte secret
+ * from a longer one? Tried once with throw-away secrets of 48, 49 and 64 bytes;
+ * the first key-wrap mechanism that answers one length for 48 bytes and another
+ * (or an error) for both longer ones is kept. Shorter secrets are refused by the
+ * HMAC-key check (p11_tls_pms_unwrap). */
+static void probe_len_wrap(p11_session *s, CK_OBJECT_HANDLE k)
+{
+    static const CK_MECHANISM_TYPE mechs[] = {CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP};
+    static const CK_ULONG lens[] = {48, 49, 64};
+    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE o[3] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+    p11_caps *c = &s->tok->caps;
+    int made = 1;
+
+    c->len_wrap_mech = 0;
+    for (int i = 0; i < 3; i++) {
+        CK_ULONG len = lens[i];
+        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
+                                                 {CKA_VALUE_LEN, &len, sizeof(len)}};
+        made &=
+            P11_CALL(s->fl, C_GenerateKey, s->h, &gen, t, SECRET_TEMPLATE_N + 1, &o[i]) == CKR_OK;
+    }
+    for (size_t m = 0; made && m < sizeof(mechs) / sizeof(mechs[0]); m++) {
+        CK_MECHANISM mech = {mechs[m], NULL, 0};
+        CK_ULONG wl[3] = {0, 0, 0};
+        CK_RV rv[3];
+        for (int i = 0; i < 3; i++)
+            rv[i] = P11_CALL(s->fl, C_WrapKey, s->h, &mech, k, o[i], NULL, &wl[i]);
+        if (rv[0] == CKR_OK && wl[0] > 0 && (rv[1] != CKR_OK || wl[1] != wl[0]) &&
+            (rv[2] != CKR_OK || wl[2] != wl[0])) {
+            c->len_wrap_mech = mechs[m];
+            c->len_wrap_48 = wl[0];
+            break;
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        (void)P11_CALL(s->fl, C_DestroyObject, s->h, o[i]);
+}
+
 int p11_tls_prepare(p11_token *t)
 {
     p11_session s;
@@ -223,8 +265,10 @@ int p11_tls_prepare(p11_token *t)
     if (!p11_session_get(t, &s))
         return 0;
     rv = wrap_key(&s, &k);
-    if (rv == CKR_OK && t->caps.ms == P11_MS_HMAC)
+    if (rv == CKR_OK && t->caps.ms == P11_MS_HMAC) {
         t->caps.aes_cbc_wrap = probe_cbc_wrap(&s, k);
+        probe_len_wrap(&s, k);
+    }
     if (rv == CKR_OK) {
         CK_OBJECT_HANDLE fb;
         rv = fallback_secret(&s, &fb); /* raises its error */
@@ -392,7 +436,10 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     CK_OBJECT_HANDLE kobj, r = CK_INVALID_HANDLE, p = CK_INVALID_HANDLE;
     CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
     CK_ULONG got = 0;
-    CK_ATTRIBUTE pt[SECRET_TEMPLATE_N] = {SECRET_TEMPLATE(&no)};
+    /* Extractable at `transient` where a wrap-length query checks the length (below):
+     * at that level the master secret made from it leaves the token anyway. */
+    CK_ATTRIBUTE pt[SECRET_TEMPLATE_N] = {
+        SECRET_TEMPLATE(t->caps.ms == P11_MS_HMAC && t->caps.len_wrap_mech != 0 ? &yes : &no)};
     CK_ATTRIBUTE la = {CKA_VALUE_LEN, &got, sizeof(got)};
     p11_reg_value v;
     CK_RV rv, urv;
@@ -427,7 +474,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     /* A token that does not report the length (SoftHSM2 says 0 for an object
      * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
      * checked: see the README's security section. */
-    good &= (rv == CKR_OK) & ((got == 48) | (got == 0));
+    good &= (rv == CKR_OK) & ((got == 48) | ((got == 0) & (t->caps.ms == P11_MS_HMAC)));
     if (t->caps.ms == P11_MS_HMAC) {
         /* The master secret will be HMAC keyed with this secret, and tokens refuse
          * keys below a minimum size (SoftHSM2: 32 bytes for SHA-256, 48 for
@@ -448,6 +495,20 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
             return fail_ckr("C_SignInit", rv, "pre-master secret");
         }
         good &= (irv == CKR_OK) & (srv == CKR_OK);
+        if (t->caps.len_wrap_mech != 0) {
+            /* ... and no longer than 48 bytes: a wrap-length query (no output). */
+            CK_MECHANISM wm = {t->caps.len_wrap_mech, NULL, 0};
+            CK_OBJECT_HANDLE wk = CK_INVALID_HANDLE;
+            CK_ULONG wl = 0;
+            CK_RV wrv = wrap_key(&s, &wk);
+            if (wrv == CKR_OK)
+                wrv = P11_CALL(s.fl, C_WrapKey, s.h, &wm, wk, good ? p : r, NULL, &wl);
+            if (p11_rv_is_session_loss(wrv)) {
+                p11_session_put(&s, wrv);
+                return fail_ckr("C_WrapKey", wrv, "pre-master secret");
+            }
+            good &= (wrv == CKR_OK) & (wl == t->caps.len_wrap_48);
+        }
     }
 
     memset(&v, 0, sizeof(v));

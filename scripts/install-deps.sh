@@ -15,7 +15,7 @@ PKGS=(
   libnss3 libnss3-dev libnss3-tools
   libcunit1-dev
   nginx curl gnutls-bin
-  gdb procps psmisc
+  gdb procps psmisc iproute2
   clang libclang-rt-14-dev llvm
 )
 apt-get update -q

@@ -46,10 +46,10 @@ for v in P11TLS_CA P11TLS_CLIENT_CERT P11TLS_CLIENT_KEY_PEM P11TLS_CLIENT_KEY_UR
   fi
 done
 . "$src/scripts/lib/nginx.sh"
+. "$src/tests/lib/tap.sh"
 
 work=$(mktemp -d /tmp/p11tls-mtls.XXXXXX)
 chmod 755 "$work"
-pass=0 fail=0
 SSERVER_PID=''
 stop_sserver() {
   if [ -n "$SSERVER_PID" ]; then
@@ -65,9 +65,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
-ok() { pass=$((pass + 1)); echo "ok - $*"; }
-notok() { fail=$((fail + 1)); echo "not ok - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; fi; }
 has() { grep -qF -- "$2" "$1"; }      # has FILE STRING
 # Number of successful C_Sign calls in a P11TLS_DEBUG log once the token was
 # ready (the provider's activation may probe the token with a signature).
@@ -357,5 +354,4 @@ out=$(mcurl --cert "$P11TLS_CLIENT_CERT" --key "$P11TLS_CLIENT_KEY_URI" "$url" 2
 echo "# curl --key <pkcs11: URI>: ${out//$'\n'/ }"
 
 ngx_stop "$ngx"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_finish

@@ -7,18 +7,15 @@
 set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 . "$src/scripts/lib/nginx.sh"
+. "$src/tests/lib/tap.sh"
 
 work=$(mktemp -d /tmp/p11tls-nginx.XXXXXX)
 chmod 755 "$work"
-pass=0 fail=0
 cleanup() {
   for d in "$work"/ngx*; do [ -d "$d" ] && ngx_stop "$d"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-ok() { pass=$((pass + 1)); echo "ok - $*"; }
-notok() { fail=$((fail + 1)); echo "not ok - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; fi; }
 
 ngx_grant_token_access www-data
 port=$(p11_free_port)
@@ -183,5 +180,4 @@ bad_start "wrong PIN" "s|^pin-source = .*|pin-source = file:$work/wrong.pin|" "C
 bad_start "unknown token" "s|^token = .*|token = pkcs11:token=no-such-token|" "no token matches"
 bad_start "missing module" "s|^pkcs11-module = .*|pkcs11-module = /nonexistent/libpkcs11.so|" "cannot load '/nonexistent/libpkcs11.so'"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_finish

@@ -11,6 +11,7 @@
 set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 . "$src/scripts/lib/nginx.sh"
+. "$src/tests/lib/tap.sh"
 
 WORKERS=4
 RELOADS=4
@@ -20,7 +21,6 @@ LOOPS=2    # new-connection loops (plus one keep-alive loop)
 work=$(mktemp -d /tmp/p11tls-reload.XXXXXX)
 chmod 755 "$work"
 ngx=$work/ngx
-pass=0 fail=0
 load_pids=()
 cleanup() {
   local p i
@@ -34,16 +34,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ok() { pass=$((pass + 1)); echo "ok - $*"; }
-notok() { fail=$((fail + 1)); echo "not ok - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; fi; }
 
 ngx_grant_token_access www-data
-# a free port that no socket uses either (a TIME-WAIT one makes nginx's bind fail)
-for i in $(seq 1 20); do
-  port=$(p11_free_port)
-  [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] && break
-done
+port=$(p11_free_port)
 url=https://localhost:$port/
 urls=() # each URL with its own -o (one -o is used by one URL only)
 for i in $(seq 1 "$URLS"); do urls+=(-o /dev/null "$url"); done
@@ -98,7 +91,7 @@ for r in $(seq 1 "$RELOADS"); do
     check "reload $r: master $master alive, $WORKERS new workers ($after)" \
       bash -c "kill -0 $master && [ $(wc -w <<<"$after") -eq $WORKERS ]"
   else
-    notok "reload $r: the workers were not replaced (before: $before, now: $(ngx_workers "$ngx" | tr '\n' ' '))"
+    not_ok "reload $r: the workers were not replaced (before: $before, now: $(ngx_workers "$ngx" | tr '\n' ' '))"
   fi
   sleep 1
   before=$(ngx_workers "$ngx" | tr '\n' ' ')
@@ -182,5 +175,4 @@ check "no [alert], [emerg] or [crit] line in error.log" bash -c "! grep -E '\[(a
 check "no failed handshake in error.log" bash -c "! grep -E 'SSL_do_handshake\(\) failed' '$log'"
 ngx_stop "$ngx"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_finish

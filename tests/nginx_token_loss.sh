@@ -14,6 +14,7 @@ set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 build=${P11TLS_BUILD_DIR:?}
 . "$src/scripts/lib/nginx.sh"
+. "$src/tests/lib/tap.sh"
 
 OUTAGE_S=2        # how long the token stays away (plus the restart, for softhsm-remote)
 AFTER_S=2         # load after the token is back, before the next event
@@ -24,7 +25,6 @@ LOOPS=3           # parallel curl loops
 work=$(mktemp -d /tmp/p11tls-tokloss.XXXXXX)
 chmod 755 "$work"
 ngx=$work/ngx
-pass=0 fail=0
 load_pids=()
 server_down=0
 cleanup() {
@@ -43,19 +43,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ok() { pass=$((pass + 1)); echo "ok - $*"; }
-notok() { fail=$((fail + 1)); echo "not ok - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; fi; }
 now() { echo "$EPOCHREALTIME"; }
 # seconds between two EPOCHREALTIME values, 2 decimals
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 ngx_grant_token_access www-data
-# a free port that no socket uses either (a TIME-WAIT one makes nginx's bind fail)
-for i in $(seq 1 20); do
-  port=$(p11_free_port)
-  [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] && break
-done
+port=$(p11_free_port)
 url=https://localhost:$port/
 curl_tls() { curl -sS --cacert "$P11TLS_CERT" --resolve "localhost:$port:127.0.0.1" --tlsv1.2 --tls-max 1.2 "$@"; }
 
@@ -169,7 +162,7 @@ for e in $(seq 1 "$EVENTS"); do
       awk -v r="$rec" -v m="$RECOVERY_MAX_S" 'BEGIN { exit !(r <= m) }'
   else
     ev_ok[e]=$(now)
-    notok "event $e: no handshake succeeded within $((RECOVERY_MAX_S * 2)) s of the token's return"
+    not_ok "event $e: no handshake succeeded within $((RECOVERY_MAX_S * 2)) s of the token's return"
   fi
   sleep "$AFTER_S"
   ev_end[e]=$(now)
@@ -268,5 +261,4 @@ for e in $(seq 1 "$EVENTS"); do
   check "event $e: at least one worker saw the loss ($nlw)" [ "$nlw" -ge 1 ]
 done
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_finish

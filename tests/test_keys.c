@@ -936,9 +936,10 @@ static void test_tls_padding_invalid_ciphertext(void)
     CU_ASSERT_FATAL(BN_bn2binpad(n, nb, (int)k) == (int)k);
     expect_refused("n", nb, k);
 
-    /* n + 1 (n is odd: adding one changes only the last byte) */
-    nb[k - 1] += 1;
+    /* n + 1 (with its carry: n's last byte may be 0xff) */
+    CU_ASSERT_FATAL(BN_add_word(n, 1) == 1 && BN_bn2binpad(n, nb, (int)k) == (int)k);
     expect_refused("n + 1", nb, k);
+    CU_ASSERT_FATAL(BN_sub_word(n, 1) == 1);
 
     /* above n: all 0xff */
     memset(ct, 0xff, k);

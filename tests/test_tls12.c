@@ -121,10 +121,11 @@ static void test_raw_sha384(void)
     kat_raw("SHA2-384", 1, 32); /* shorter than SHA-384's minimum HMAC key on some tokens */
 }
 
-/* RSA key exchange: pms encrypted to the token key, decrypted into the token by
- * p11tls (TLS padding), the handle passed to the KDF. */
-static int rsa_kx_handle(const unsigned char *pms, unsigned client_version,
-                         unsigned char handle[48])
+/* RSA key exchange: in (inlen bytes) encrypted to the token key in software with
+ * the given padding, then decrypted into the token by p11tls (TLS padding), as
+ * libssl does; the 48-byte handle is what the KDF gets. */
+static int rsa_kx(int padding, const unsigned char *in, size_t inlen, unsigned client_version,
+                  unsigned char handle[48])
 {
     EVP_PKEY *pub = tu_cert_pubkey(), *key = tu_token_pkey();
     EVP_PKEY_CTX *e = EVP_PKEY_CTX_new_from_pkey(NULL, pub, "provider=default");
@@ -136,9 +137,8 @@ static int rsa_kx_handle(const unsigned char *pms, unsigned client_version,
 
     p[0] = OSSL_PARAM_construct_uint(OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, &client_version);
     p[1] = OSSL_PARAM_construct_end();
-    if (e && d && EVP_PKEY_encrypt_init(e) > 0 &&
-        EVP_PKEY_CTX_set_rsa_padding(e, RSA_PKCS1_PADDING) > 0 &&
-        EVP_PKEY_encrypt(e, ct, &ctlen, pms, 48) > 0 && EVP_PKEY_decrypt_init(d) > 0 &&
+    if (e && d && EVP_PKEY_encrypt_init(e) > 0 && EVP_PKEY_CTX_set_rsa_padding(e, padding) > 0 &&
+        EVP_PKEY_encrypt(e, ct, &ctlen, in, inlen) > 0 && EVP_PKEY_decrypt_init(d) > 0 &&
         EVP_PKEY_CTX_set_rsa_padding(d, RSA_PKCS1_WITH_TLS_PADDING) > 0 &&
         EVP_PKEY_CTX_set_params(d, p) > 0 && EVP_PKEY_decrypt(d, handle, &outlen, ct, ctlen) > 0)
         ok = outlen == 48;
@@ -149,6 +149,12 @@ static int rsa_kx_handle(const unsigned char *pms, unsigned client_version,
     EVP_PKEY_free(pub);
     EVP_PKEY_free(key);
     return ok;
+}
+
+static int rsa_kx_handle(const unsigned char *pms, unsigned client_version,
+                         unsigned char handle[48])
+{
+    return rsa_kx(RSA_PKCS1_PADDING, pms, 48, client_version, handle);
 }
 
 static void kat_rsa(const char *md, int ems, unsigned pms_version, unsigned client_version,
@@ -201,33 +207,10 @@ static void test_rsa_kx_wrong_version(void)
 }
 
 /* A ClientKeyExchange built by hand: em = 00 02 PS 00 M, each part as given,
- * RSA-encrypted without padding, then decrypted into the token as libssl does. */
+ * RSA-encrypted without padding. */
 static int rsa_kx_raw(const unsigned char *em, size_t emlen, unsigned char handle[48])
 {
-    EVP_PKEY *pub = tu_cert_pubkey(), *key = tu_token_pkey();
-    EVP_PKEY_CTX *e = EVP_PKEY_CTX_new_from_pkey(NULL, pub, "provider=default");
-    EVP_PKEY_CTX *d = EVP_PKEY_CTX_new_from_pkey(tu_libctx(), key, NULL);
-    unsigned char ct[512];
-    size_t ctlen = sizeof(ct), outlen = 48;
-    unsigned client_version = 0x0303;
-    OSSL_PARAM p[2];
-    int ok = 0;
-
-    p[0] = OSSL_PARAM_construct_uint(OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, &client_version);
-    p[1] = OSSL_PARAM_construct_end();
-    if (e && d && EVP_PKEY_encrypt_init(e) > 0 &&
-        EVP_PKEY_CTX_set_rsa_padding(e, RSA_NO_PADDING) > 0 &&
-        EVP_PKEY_encrypt(e, ct, &ctlen, em, emlen) > 0 && EVP_PKEY_decrypt_init(d) > 0 &&
-        EVP_PKEY_CTX_set_rsa_padding(d, RSA_PKCS1_WITH_TLS_PADDING) > 0 &&
-        EVP_PKEY_CTX_set_params(d, p) > 0 && EVP_PKEY_decrypt(d, handle, &outlen, ct, ctlen) > 0)
-        ok = outlen == 48;
-    if (!ok)
-        tu_print_errors();
-    EVP_PKEY_CTX_free(e);
-    EVP_PKEY_CTX_free(d);
-    EVP_PKEY_free(pub);
-    EVP_PKEY_free(key);
-    return ok;
+    return rsa_kx(RSA_NO_PADDING, em, emlen, 0x0303, handle);
 }
 
 /* em for a message of mlen bytes (its first two bytes 03 03), with one defect. */

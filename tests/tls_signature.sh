@@ -18,8 +18,8 @@ set -euo pipefail
 : "${P11TLS_KEY_URI:?run through tests/with-token.sh}"
 : "${P11TLS_CERT:?run through tests/with-token.sh}"
 
-PASS=0
-FAIL=0
+# shellcheck source=tests/lib/tap.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/tap.sh"
 SERVER_PID=''
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/p11tls-tls-signature.XXXXXX")
 
@@ -34,16 +34,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-ok() {
-  PASS=$((PASS + 1))
-  echo "ok - $*"
-}
-not_ok() {
-  FAIL=$((FAIL + 1))
-  echo "not ok - $*"
-}
-# check DESCRIPTION FILE STRING: FILE contains STRING (fixed string).
-check() {
+# check_out DESCRIPTION FILE STRING: FILE contains STRING (fixed string).
+check_out() {
   if grep -qF -- "$3" "$2"; then
     ok "$1"
   else
@@ -119,12 +111,12 @@ handshake() {
     not_ok "$sigalgs: s_client exits 0 (exit status $rc)"
     sed 's/^/#   /' "$out"
   fi
-  check "$sigalgs: handshake with ECDHE-RSA-AES128-GCM-SHA256" "$out" \
+  check_out "$sigalgs: handshake with ECDHE-RSA-AES128-GCM-SHA256" "$out" \
     "Cipher is ECDHE-RSA-AES128-GCM-SHA256"
-  check "$sigalgs: certificate verified" "$out" "Verify return code: 0 (ok)"
-  check "$sigalgs: server signed with $sigtype" "$out" "Peer signature type: $sigtype"
-  check "$sigalgs: server signed $digest" "$out" "Peer signing digest: $digest"
-  check "$sigalgs: HTTP response" "$out" "HTTP/1.0 200 ok"
+  check_out "$sigalgs: certificate verified" "$out" "Verify return code: 0 (ok)"
+  check_out "$sigalgs: server signed with $sigtype" "$out" "Peer signature type: $sigtype"
+  check_out "$sigalgs: server signed $digest" "$out" "Peer signing digest: $digest"
+  check_out "$sigalgs: HTTP response" "$out" "HTTP/1.0 200 ok"
 }
 
 echo "# token kind: ${P11TLS_KIND:-?}"
@@ -159,5 +151,4 @@ else
   not_ok "s_server with the token key starts"
 fi
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+tap_finish

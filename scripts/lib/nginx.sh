@@ -3,12 +3,14 @@
 # (P11TLS_CERT, P11TLS_KEY_PEM, P11TLS_OPENSSL_CNF, P11TLS_KIND, P11TLS_DIR).
 # Every process is tracked by PID; nothing is killed by name.
 
-# A free TCP port on 127.0.0.1.
+# A free TCP port on 127.0.0.1: nothing listens on it and no socket uses it (a
+# connection in TIME-WAIT on it would make nginx's bind fail).
 p11_free_port() {
   local p i
   for i in $(seq 1 100); do
     p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+      [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then
       echo "$p"
       return 0
     fi

@@ -14,8 +14,6 @@
 #
 # Environment: the token's env.sh (P11TLS_*), loaded by tests/with-token.sh.
 
-TLS_PASS=0
-TLS_FAIL=0
 TLS_DONE=0
 TLS_PIDS=()
 TLS_EXIT_HOOKS=()
@@ -32,28 +30,9 @@ TLS_SERVER_LIFETIME=${TLS_SERVER_LIFETIME:-600}
 TLS_CLIENT_TIMEOUT=${TLS_CLIENT_TIMEOUT:-30}
 TLS_CMD_TIMEOUT=${TLS_CMD_TIMEOUT:-60}
 
-ok() {
-  TLS_PASS=$((TLS_PASS + 1))
-  echo "ok - $*"
-}
-not_ok() {
-  TLS_FAIL=$((TLS_FAIL + 1))
-  echo "not ok - $*"
-}
-# check DESCRIPTION COMMAND...: ok when COMMAND succeeds.
-check() {
-  local what=$1
-  shift
-  if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
-# check_eq DESCRIPTION EXPECTED ACTUAL
-check_eq() {
-  if [ "$2" = "$3" ]; then
-    ok "$1"
-  else
-    not_ok "$1 (expected '$2', got '$3')"
-  fi
-}
+# ok, not_ok, check, check_eq, tap_finish
+# shellcheck source=tests/lib/tap.sh
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 # check_ne DESCRIPTION A B: both non-empty and different.
 check_ne() {
   if [ -n "$2" ] && [ -n "$3" ] && [ "$2" != "$3" ]; then
@@ -131,7 +110,7 @@ tls_cleanup() {
   [ -z "$WORK" ] || rm -rf -- "$WORK"
   if [ "$TLS_DONE" = 0 ]; then
     not_ok "the script stopped early (exit status $rc)"
-    echo "$TLS_PASS passed, $TLS_FAIL failed"
+    tap_finish || true
     rc=1
   fi
   exit "$rc"
@@ -154,8 +133,7 @@ tls_init() {
 # tls_finish: the summary line; exit status 1 if any check failed.
 tls_finish() {
   TLS_DONE=1
-  echo "$TLS_PASS passed, $TLS_FAIL failed"
-  [ "$TLS_FAIL" = 0 ]
+  tap_finish
 }
 
 tls_random_port() { echo $((20000 + $(od -An -tu4 -N4 /dev/urandom | tr -d ' ') % 40000)); }

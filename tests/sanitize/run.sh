@@ -141,8 +141,8 @@ chmod 755 "$WORK"
 chmod 1777 "$LOGS"
 PIDS=()
 NGINX_DIRS=()
-PASS=0
-FAIL=0
+# shellcheck source=tests/lib/tap.sh
+. "$HERE/../lib/tap.sh"
 DONE=0
 cleanup() {
   local rc=$? p d
@@ -167,19 +167,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ok() {
-  PASS=$((PASS + 1))
-  echo "ok - $*"
-}
-not_ok() {
-  FAIL=$((FAIL + 1))
-  echo "not ok - $*"
-}
-check() {
-  local what=$1
-  shift
-  if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
 show() {
   [ -f "$1" ] || return 0
   echo "# --- last lines of $(basename "$1"):"
@@ -633,5 +620,5 @@ if [ -n "$(suppressed_summary)" ]; then
   suppressed_summary
 fi
 DONE=1
-echo "# $SAN${P11TLS_KIND:+ on $P11TLS_KIND}: $PASS passed, $FAIL failed, $(elapsed "$T_START") s in all"
-[ "$FAIL" = 0 ]
+echo "# $SAN${P11TLS_KIND:+ on $P11TLS_KIND}: $TAP_PASS passed, $TAP_FAIL failed, $(elapsed "$T_START") s in all"
+[ "$TAP_FAIL" = 0 ]

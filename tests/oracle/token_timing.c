@@ -10,8 +10,8 @@
  * session, interleaved cases in a new random order each round, a pool of different
  * ciphertexts per case, warm-up rounds not counted; twice: back to back (the token's
  * code hot) and with other work in between (cold, as in a server: SoftHSM2's failure
- * path measured a few us faster than its success path when hot, about 11 us slower
- * when cold). Output, per phase and case: median and the difference of medians
+ * path measured about 10 us faster than its success path when hot, 10-35 us
+ * slower when cold). Output, per phase and case: median and the difference of medians
  * against `valid`; and a machine line with, per case, the phase's difference of
  * larger size and its standard error (half the distribution-free 68% interval of each
  * median, combined):

@@ -34,6 +34,7 @@ struct p11_token {
     unsigned long epoch; /* object validity: bumped when session objects may be lost */
     unsigned long login_gen;
     int broken; /* the token went away; re-opened on a later use (session.c) */
+    int scrub;  /* p11_scrub_heap after secret-bearing calls (P11_SCRUB_*, resolved) */
     struct p11_loss {
         long long since, next_try; /* when it was lost; no re-open attempt before next_try */
         char cause[160];           /* "C_Sign: CKR_DEVICE_REMOVED" */

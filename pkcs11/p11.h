@@ -121,7 +121,12 @@ typedef struct {
     unsigned handle_lifetime;  /* seconds a cached secret object lives; 0: 7200 */
     unsigned handle_cache_max; /* entries; 0: 4096 */
     int force_ms;              /* P11_MS_* to force a strategy (tests); 0: best */
+    int scrub_heap;            /* P11_SCRUB_*: wipe freed heap after secret-bearing calls */
 } p11_token_cfg;
+/* auto: where the module is p11-kit's (its RPC client, its proxy, or a module found by
+ * p11-kit name), whose buffers carry secrets out of the process and are freed
+ * unwiped; for a module in process the token's own objects are in this memory. */
+enum { P11_SCRUB_AUTO = 0, P11_SCRUB_ALWAYS = 1, P11_SCRUB_NEVER = 2 };
 
 typedef struct p11_token p11_token;
 /* Loads the module, selects the token, logs in, probes capabilities. */

@@ -365,7 +365,8 @@ static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_O
         if (rv == CKR_OK)
             rv = P11_CALL(s->fl, C_CreateObject, s->h, t, SECRET_TEMPLATE_N + 1, ms);
         OPENSSL_cleanse(buf, sizeof(buf));
-        p11_scrub_heap(); /* the secret went through the module's buffers */
+        if (s->tok->scrub)
+            p11_scrub_heap(); /* the secret went through the module's buffers */
         return rv;
     }
 }
@@ -724,7 +725,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     }
     OPENSSL_cleanse(rnd, sizeof(rnd));
     OPENSSL_cleanse(msb, sizeof(msb));
-    if (have_msb)
+    if (have_msb && t->scrub)
         p11_scrub_heap(); /* the secret went through the module's buffers */
     if (ls != NULL) {
         OPENSSL_cleanse(ls, lslen);

@@ -185,6 +185,12 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     t->mod = p11_module_load(module, cfg->init_args);
     if (t->mod == NULL)
         goto fail;
+    {
+        const char *base = strrchr(module, '/');
+        int p11kit = base == NULL || strstr(base, "p11-kit") != NULL;
+        t->scrub =
+            cfg->scrub_heap == P11_SCRUB_ALWAYS || (cfg->scrub_heap == P11_SCRUB_AUTO && p11kit);
+    }
     t->fl = p11_module_functions(t->mod);
 
     pin_source = cfg->pin_source;

@@ -157,7 +157,7 @@ static const OSSL_DISPATCH p11tls_dispatch[] = {
 /* The configuration keys of the provider's openssl.cnf section. */
 struct cfg {
     char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
-    char *max_sessions, *handle_lifetime, *handle_cache, *strategy;
+    char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap;
 };
 
 static int read_config(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn *get,
@@ -173,6 +173,7 @@ static int read_config(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params
                       OSSL_PARAM_utf8_ptr("handle-lifetime", &c->handle_lifetime, 0),
                       OSSL_PARAM_utf8_ptr("handle-cache-size", &c->handle_cache, 0),
                       OSSL_PARAM_utf8_ptr("strategy", &c->strategy, 0),
+                      OSSL_PARAM_utf8_ptr("scrub-heap", &c->scrub_heap, 0),
                       OSSL_PARAM_END};
     return get(handle, p);
 }
@@ -240,6 +241,17 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         else if (strcasecmp(c.strategy, "auto") != 0) {
             ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
                            "p11tls: option 'strategy' is not auto, native, sp800-108 or hmac");
+            goto fail;
+        }
+    }
+    if (c.scrub_heap != NULL) {
+        if (strcasecmp(c.scrub_heap, "yes") == 0)
+            tc.scrub_heap = P11_SCRUB_ALWAYS;
+        else if (strcasecmp(c.scrub_heap, "no") == 0)
+            tc.scrub_heap = P11_SCRUB_NEVER;
+        else if (strcasecmp(c.scrub_heap, "auto") != 0) {
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                           "p11tls: option 'scrub-heap' is not auto, yes or no");
             goto fail;
         }
     }

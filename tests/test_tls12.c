@@ -213,31 +213,6 @@ static int rsa_kx_raw(const unsigned char *em, size_t emlen, unsigned char handl
     return rsa_kx(RSA_NO_PADDING, em, emlen, 0x0303, handle);
 }
 
-/* em for a message of mlen bytes (its first two bytes 03 03), with one defect. */
-enum em_defect { EM_NONE, EM_FIRST_BYTE, EM_BLOCK_TYPE, EM_NO_SEPARATOR };
-static size_t make_em(unsigned char *em, size_t k, size_t mlen, enum em_defect defect,
-                      unsigned char *m)
-{
-    size_t ps = k - 3 - mlen;
-    RAND_bytes(m, (int)mlen);
-    m[0] = 3, m[1] = 3;
-    em[0] = defect == EM_FIRST_BYTE ? 1 : 0;
-    em[1] = defect == EM_BLOCK_TYPE ? 1 : 2;
-    for (size_t i = 0; i < ps; i++) {
-        do
-            RAND_bytes(em + 2 + i, 1);
-        while (em[2 + i] == 0);
-    }
-    em[2 + ps] = 0;
-    memcpy(em + 3 + ps, m, mlen);
-    if (defect == EM_NO_SEPARATOR) {
-        for (size_t i = 2; i < k; i++)
-            if (em[i] == 0)
-                em[i] = 0x5a;
-    }
-    return k;
-}
-
 /* Every malformed plaintext: the decryption and the master secret succeed (no
  * early failure, which would be an oracle), and the master secret is not the
  * one the message carries. (A wrong version: test_rsa_kx_wrong_version, where
@@ -247,20 +222,20 @@ static void test_rsa_kx_malformed(void)
     struct {
         const char *what;
         size_t mlen;
-        enum em_defect defect;
+        tu_em_defect defect;
         int must_differ;
     } cases[] = {
-        {"valid", 48, EM_NONE, 0},
-        {"wrong first byte", 48, EM_FIRST_BYTE, 1},
-        {"wrong block type", 48, EM_BLOCK_TYPE, 1},
-        {"no zero separator", 48, EM_NO_SEPARATOR, 1},
-        {"8-byte secret", 8, EM_NONE, 1},
-        {"32-byte secret", 32, EM_NONE, 1},
-        {"47-byte secret", 47, EM_NONE, 1},
+        {"valid", 48, TU_EM_NONE, 0},
+        {"wrong first byte", 48, TU_EM_FIRST_BYTE, 1},
+        {"wrong block type", 48, TU_EM_BLOCK_TYPE, 1},
+        {"no zero separator", 48, TU_EM_NO_SEPARATOR, 1},
+        {"8-byte secret", 8, TU_EM_NONE, 1},
+        {"32-byte secret", 32, TU_EM_NONE, 1},
+        {"47-byte secret", 47, TU_EM_NONE, 1},
         /* 2: refused where the token answers a key-wrap length query (not behind
          * Debian 12's p11-kit RPC, which carries no key-wrap mechanism) */
-        {"49-byte secret", 49, EM_NONE, 2},
-        {"64-byte secret", 64, EM_NONE, 2},
+        {"49-byte secret", 49, TU_EM_NONE, 2},
+        {"64-byte secret", 64, TU_EM_NONE, 2},
     };
     EVP_PKEY *pub = tu_cert_pubkey();
     size_t k = (size_t)EVP_PKEY_get_size(pub);
@@ -273,7 +248,7 @@ static void test_rsa_kx_malformed(void)
             int differ;
             RAND_bytes(cr, 32);
             RAND_bytes(sr, 32);
-            make_em(em, k, cases[c].mlen, cases[c].defect, m);
+            tu_make_em(em, k, cases[c].mlen, cases[c].defect, m);
             CU_ASSERT_FATAL(rsa_kx_raw(em, k, pmsh));
             if (!prf(TOKEN, md, pmsh, 48, "master secret", cr, 32, sr, 32, handle, 48)) {
                 fprintf(stderr, "  %s (%s): master secret failed\n", cases[c].what, md);

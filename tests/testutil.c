@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/provider.h>
+#include <openssl/rand.h>
 #include <openssl/store.h>
 #include <openssl/x509.h>
 #include "testutil.h"
@@ -132,4 +133,26 @@ int tu_run(const char *suite, CU_TestInfo *tests)
         fails = 1; /* a suite that ran nothing has not passed */
     CU_cleanup_registry();
     return fails ? 1 : 0;
+}
+
+void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, unsigned char *m)
+{
+    size_t ps = k - 3 - mlen;
+    unsigned char *msg = em + 3 + ps;
+    em[0] = defect == TU_EM_FIRST_BYTE ? 1 : 0;
+    em[1] = defect == TU_EM_BLOCK_TYPE ? 1 : 2;
+    for (size_t i = 0; i < ps; i++) {
+        do
+            RAND_bytes(em + 2 + i, 1);
+        while (em[2 + i] == 0);
+    }
+    em[2 + ps] = 0;
+    RAND_bytes(msg, (int)mlen);
+    msg[0] = 3, msg[1] = 3;
+    if (m != NULL)
+        memcpy(m, msg, mlen);
+    if (defect == TU_EM_NO_SEPARATOR)
+        for (size_t i = 2; i < k; i++)
+            if (em[i] == 0)
+                em[i] = 0x5a;
 }

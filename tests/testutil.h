@@ -28,6 +28,11 @@ EVP_PKEY *tu_cert_pubkey(void);
 /* Registers one suite of tests (NULL-terminated CU_TestInfo) and runs it with the
  * basic runner; returns the process exit status (non-zero on any failure). */
 int tu_run(const char *suite, CU_TestInfo *tests);
+/* An RSA PKCS#1 v1.5 encryption block of k bytes, 00 02 PS 00 M, for a message M of
+ * mlen bytes (random, its first two bytes 03 03; copied to m unless NULL), with one
+ * defect: none, a wrong first byte, a wrong block type, or no zero byte after PS. */
+typedef enum { TU_EM_NONE, TU_EM_FIRST_BYTE, TU_EM_BLOCK_TYPE, TU_EM_NO_SEPARATOR } tu_em_defect;
+void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, unsigned char *m);
 /* Prints OpenSSL's error queue (for diagnosing failures) and clears it. */
 void tu_print_errors(void);
 #endif

@@ -35,6 +35,8 @@
 #define MAXK 512
 enum { C_VALID, C_FIRST, C_BT, C_NOSEP, NC };
 static const char *names[NC] = {"valid", "wrong_first_byte", "wrong_block_type", "no_separator"};
+static const tu_em_defect defect[NC] = {TU_EM_NONE, TU_EM_FIRST_BYTE, TU_EM_BLOCK_TYPE,
+                                        TU_EM_NO_SEPARATOR};
 
 static double now_us(void)
 {
@@ -63,26 +65,6 @@ static void other_work(void)
     EVP_Q_digest(NULL, "SHA256", NULL, buf, 8 << 20, md, NULL);
     k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     EVP_PKEY_free(k);
-}
-
-/* 00 02 PS 00 (03 03 + 46 random), with the case's defect. */
-static void make_block(unsigned char *em, size_t k, int c)
-{
-    size_t ps = k - 3 - 48;
-    em[0] = c == C_FIRST ? 1 : 0;
-    em[1] = c == C_BT ? 1 : 2;
-    for (size_t i = 0; i < ps; i++) {
-        do
-            RAND_bytes(em + 2 + i, 1);
-        while (em[2 + i] == 0);
-    }
-    em[2 + ps] = 0;
-    RAND_bytes(em + 3 + ps, 48);
-    em[3 + ps] = 3, em[4 + ps] = 3;
-    if (c == C_NOSEP)
-        for (size_t i = 2; i < k; i++)
-            if (em[i] == 0)
-                em[i] = 0x5a;
 }
 
 /* Median and the standard error of a median (ranks n/2 -+ sqrt(n)/2). */
@@ -167,7 +149,7 @@ int main(int argc, char **argv)
             unsigned char em[MAXK];
             EVP_PKEY_CTX *e = EVP_PKEY_CTX_new_from_pkey(NULL, pub, "provider=default");
             size_t len = k;
-            make_block(em, k, c);
+            tu_make_em(em, k, 48, defect[c], NULL);
             if (t[c] == NULL || e == NULL || EVP_PKEY_encrypt_init(e) <= 0 ||
                 EVP_PKEY_CTX_set_rsa_padding(e, RSA_NO_PADDING) <= 0 ||
                 EVP_PKEY_encrypt(e, ct[c][i], &len, em, k) <= 0 || len != k) {

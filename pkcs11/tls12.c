@@ -641,10 +641,12 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     if (secretlen == P11_TLS_HANDLE_LEN &&
         p11_registry_get(t->pms, secret, s.epoch, 1, &pv, &ref)) {
         is_pms = 1;
-        /* Bad padding or length: the stand-in secret. The version is checked below
-         * where the token reports it. */
+        /* Bad padding or length: the random secret made with the unwrap
+         * (`transient`), else the stand-in. The version is checked below where the
+         * token reports it. */
         call = "C_GenerateKey";
-        rv = fallback_secret(&s, &stand_in);
+        if (pv.obj[1] == CK_INVALID_HANDLE)
+            rv = fallback_secret(&s, &stand_in);
         base = pv.flags ? pv.obj[0] : pv.obj[1] != CK_INVALID_HANDLE ? pv.obj[1] : stand_in;
         if (rv == CKR_OK)
             call = "C_DeriveKey";

@@ -83,26 +83,6 @@ static int scenario(void)
     return ok;
 }
 
-static long count_secret_objects(void)
-{
-    p11_session s;
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_BBOOL no = CK_FALSE;
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
-    CK_OBJECT_HANDLE objs[256];
-    CK_ULONG n = 0;
-    long total = 0;
-    if (!p11_session_get(t1, &s))
-        return -1;
-    if (P11_CALL(s.fl, C_FindObjectsInit, s.h, tmpl, 2) == CKR_OK) {
-        while (P11_CALL(s.fl, C_FindObjects, s.h, objs, 256, &n) == CKR_OK && n > 0)
-            total += (long)n;
-        P11_CALL(s.fl, C_FindObjectsFinal, s.h);
-    }
-    p11_session_put(&s, CKR_OK);
-    return total;
-}
-
 static long accounted(void)
 {
     return (long)(p11_tls_live_objects(t1) + p11_tls_live_objects(t2));
@@ -111,7 +91,7 @@ static long accounted(void)
 static void run_faults(CK_RV rv, const char *name)
 {
     long n, failures = 0, leaks = 0, broken_after = 0;
-    long base = count_secret_objects() - accounted();
+    long base = tu_count_secret_objects(t1) - accounted();
 
     /* How many calls does a clean run make? */
     fail_at = 0;
@@ -131,11 +111,11 @@ static void run_faults(CK_RV rv, const char *name)
         if (r == 0)
             failures++;
         /* Objects: exactly those p11tls still holds (plus what was there before). */
-        if (count_secret_objects() - accounted() != base) {
+        if (tu_count_secret_objects(t1) - accounted() != base) {
             leaks++;
             fprintf(stderr, "\n    %s at call %ld (%s): %ld objects, %ld accounted, base %ld", name,
-                    k, failed_call, count_secret_objects(), accounted(), base);
-            base = count_secret_objects() - accounted(); /* report each leak once */
+                    k, failed_call, tu_count_secret_objects(t1), accounted(), base);
+            base = tu_count_secret_objects(t1) - accounted(); /* report each leak once */
         }
         /* ... and the next handshake works (after a lost session: a fresh one). */
         calls_seen = 0;

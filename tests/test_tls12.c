@@ -339,24 +339,6 @@ static void test_md5_sha1_refused(void)
 
 /* Secret objects do not pile up: a small handle cache, 2,000 handshakes' worth
  * of derivations, and the token's session objects stay bounded. */
-static unsigned long count_secret_objects(p11_token *t)
-{
-    p11_session s;
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_BBOOL no = CK_FALSE;
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
-    CK_OBJECT_HANDLE objs[256];
-    CK_ULONG n = 0, total = 0;
-    if (!p11_session_get(t, &s))
-        return (unsigned long)-1;
-    if (P11_CALL(s.fl, C_FindObjectsInit, s.h, tmpl, 2) == CKR_OK) {
-        while (P11_CALL(s.fl, C_FindObjects, s.h, objs, 256, &n) == CKR_OK && n > 0)
-            total += n;
-        P11_CALL(s.fl, C_FindObjectsFinal, s.h);
-    }
-    p11_session_put(&s, CKR_OK);
-    return total;
-}
 
 static void test_objects_bounded(void)
 {
@@ -371,7 +353,7 @@ static void test_objects_bounded(void)
     cfg.handle_cache_max = 64;
     t = p11_token_open(&cfg);
     CU_ASSERT_FATAL(t != NULL);
-    before = count_secret_objects(t);
+    before = (unsigned long)tu_count_secret_objects(t);
     for (int i = 0; i < 2000 && ok; i++) {
         RAND_bytes(pms, 48);
         RAND_bytes(seed, sizeof(seed)); /* client random || server random */
@@ -379,7 +361,7 @@ static void test_objects_bounded(void)
              p11_tls_prf(t, P11_PRF_SHA256, h, (const unsigned char *)"key expansion", 13, kb, 40);
     }
     CU_ASSERT(ok);
-    after = count_secret_objects(t);
+    after = (unsigned long)tu_count_secret_objects(t);
     printf("\n    secret session objects: %lu before, %lu after 2000 derivations (cache 64); "
            "registry holds %lu\n",
            before, after, p11_tls_live_objects(t));

@@ -156,3 +156,28 @@ void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, u
             if (em[i] == 0)
                 em[i] = 0x5a;
 }
+
+long tu_count_secret_objects(p11_token *t)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
+    CK_OBJECT_HANDLE objs[256];
+    CK_ULONG n = 0;
+    long total = 0;
+    p11_session s;
+    CK_RV rv;
+
+    if (t == NULL || !p11_session_get(t, &s))
+        return -1;
+    rv = P11_CALL(s.fl, C_FindObjectsInit, s.h, tmpl, 2);
+    while (rv == CKR_OK) {
+        rv = P11_CALL(s.fl, C_FindObjects, s.h, objs, 256, &n);
+        if (rv != CKR_OK || n == 0)
+            break;
+        total += (long)n;
+    }
+    (void)P11_CALL(s.fl, C_FindObjectsFinal, s.h);
+    p11_session_put(&s, rv);
+    return rv == CKR_OK ? total : -1;
+}

@@ -33,6 +33,9 @@ int tu_run(const char *suite, CU_TestInfo *tests);
  * defect: none, a wrong first byte, a wrong block type, or no zero byte after PS. */
 typedef enum { TU_EM_NONE, TU_EM_FIRST_BYTE, TU_EM_BLOCK_TYPE, TU_EM_NO_SEPARATOR } tu_em_defect;
 void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, unsigned char *m);
+/* Secret-key session objects t's module shows (all sessions of this process; -1 if
+ * the token cannot be searched). Behind p11-kit server each process has its own view. */
+long tu_count_secret_objects(p11_token *t);
 /* Prints OpenSSL's error queue (for diagnosing failures) and clears it. */
 void tu_print_errors(void);
 #endif

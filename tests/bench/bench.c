@@ -772,33 +772,13 @@ static void open_own_token(void)
         die("cannot open the token through the token layer");
 }
 
-/* Secret-key session objects in the token (all sessions of this process). */
+/* Secret-key session objects in the token (all sessions of this process). A token
+ * behind p11-kit server: every C_GetFunctionList of p11-kit-client.so is a connection
+ * of its own, served by its own process, so p11tls's session objects are not visible
+ * from here. */
 static long count_secret_objects(void)
 {
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_BBOOL no = CK_FALSE;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
-    CK_OBJECT_HANDLE h[256];
-    CK_ULONG got = 0;
-    long total = 0;
-    p11_session s;
-    CK_RV rv;
-
-    /* A token behind p11-kit server: every C_GetFunctionList of p11-kit-client.so is a
-     * connection of its own, served by its own process, so p11tls's session objects
-     * are not visible from here. */
-    if (own_token == NULL || token_server_pid > 0 || !p11_session_get(own_token, &s))
-        return -1;
-    rv = P11_CALL(s.fl, C_FindObjectsInit, s.h, t, 2);
-    while (rv == CKR_OK) {
-        rv = P11_CALL(s.fl, C_FindObjects, s.h, h, 256, &got);
-        if (rv != CKR_OK || got == 0)
-            break;
-        total += (long)got;
-    }
-    (void)P11_CALL(s.fl, C_FindObjectsFinal, s.h);
-    p11_session_put(&s, rv);
-    return rv == CKR_OK ? total : -1;
+    return token_server_pid > 0 ? -1 : tu_count_secret_objects(own_token);
 }
 
 /* -------------------------------------------------------------- memory growth */

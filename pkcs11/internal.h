@@ -103,14 +103,16 @@ typedef struct {
     CK_SESSION_HANDLE owner; /* set by p11_registry_get: the session that made obj[] */
 } p11_reg_value;
 #define P11_REG_SHARED 2u /* obj[0] is not the entry's own: never destroyed with it */
-p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime);
+/* own_sessions: objects are made in the registry's own sessions (generations,
+ * p11_registry_make_begin), never destroyed one by one (the master-secret cache). */
+p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime, int own_sessions);
 void p11_registry_free(p11_registry *r);
 /* Inserts (takes ownership of the objects). Evicted objects of the current epoch are
  * destroyed through s. */
 int p11_registry_put(p11_registry *r, p11_session *s, const unsigned char key[48],
                      const p11_reg_value *v);
-/* Finds a live entry of this epoch. take=1 removes it and hands the caller its
- * objects (*ref = NULL). take=0 pins it: the objects stay valid until
+/* Finds a live entry of this epoch. take=1 (not with own sessions) removes it and
+ * hands the caller its objects (*ref = NULL). take=0 pins it: the objects stay valid until
  * p11_registry_release(r, s, *ref), even if the entry is evicted meanwhile. */
 int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long epoch, int take,
                      p11_reg_value *out, void **ref);
@@ -118,6 +120,27 @@ void p11_registry_release(p11_registry *r, p11_session *s, void *ref);
 unsigned long p11_registry_count(p11_registry *r);
 /* A session was lost (and closed): its objects are gone; forget their entries. */
 void p11_registry_forget_session(p11_registry *r, CK_SESSION_HANDLE h);
-unsigned long p11_registry_objects(p11_registry *r);
+/* Objects the registry keeps in the token (module initialisation tokgen). */
+unsigned long p11_registry_objects(p11_registry *r, unsigned long tokgen);
+
+/* Making objects that the registry keeps (own sessions): make_begin hands out m->s,
+ * a session of the open generation (opened, and the oldest retired, when needed),
+ * for the calls that make them, and holds the maker lock until make_end; with rv
+ * and the number of objects made. Each object made is then either kept
+ * (put_made) or left to end with its generation (made_drop); either way no
+ * C_DestroyObject. Without own sessions m->s is s and the object is the caller's
+ * to destroy. */
+typedef struct {
+    p11_session s;
+    int gen;
+    int locked, held;
+} p11_maker;
+CK_RV p11_registry_make_begin(p11_registry *r, p11_session *s, p11_maker *m);
+void p11_registry_make_end(p11_registry *r, p11_maker *m, CK_RV rv, unsigned made);
+int p11_registry_put_made(p11_registry *r, p11_maker *m, const unsigned char key[48],
+                          const p11_reg_value *v);
+void p11_registry_made_drop(p11_registry *r, p11_maker *m);
+/* Unloading: closes the generations' sessions (of module initialisation tokgen). */
+void p11_registry_close_all(p11_registry *r, CK_FUNCTION_LIST_PTR fl, unsigned long tokgen);
 
 #endif

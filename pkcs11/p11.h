@@ -103,6 +103,9 @@ typedef struct {
      * a 48-byte secret and something else for a longer one (0: none found) */
     CK_MECHANISM_TYPE len_wrap_mech;
     CK_ULONG len_wrap_48;
+    /* transient: the HMAC-key check refuses a 47-byte secret (SoftHSM2's SHA-384 HMAC),
+     * so with len_wrap_mech a secret's length is checked exactly without reading it */
+    int hmac_refuses_47;
     p11_ms_strategy ms;
     p11_level level;
     char missing[256]; /* what keeps this token below `sealed` */

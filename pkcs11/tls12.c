@@ -216,22 +216,31 @@ static int probe_cbc_wrap(p11_session *s, CK_OBJECT_HANDLE k)
     return ok;
 }
 
+/* The HMAC mechanism of the pre-master secret's HMAC-key check. */
+static CK_MECHANISM_TYPE check_hmac(const p11_caps *c)
+{
+    return c->hmac_sha384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC;
+}
+
 /* At `transient`, can a C_WrapKey length query (no output) tell a 48-byte secret
  * from a longer one? Tried once with throw-away secrets of 48, 49 and 64 bytes;
  * the first key-wrap mechanism that answers one length for 48 bytes and another
  * (or an error) for both longer ones is kept. Shorter secrets are refused by the
- * HMAC-key check (p11_tls_pms_unwrap). */
+ * HMAC-key check (p11_tls_pms_unwrap): whether it refuses a 47-byte one is tried
+ * here too. */
 static void probe_len_wrap(p11_session *s, CK_OBJECT_HANDLE k)
 {
     static const CK_MECHANISM_TYPE mechs[] = {CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP};
-    static const CK_ULONG lens[] = {48, 49, 64};
+    static const CK_ULONG lens[] = {48, 49, 64, 47};
     CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
-    CK_OBJECT_HANDLE o[3] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+    CK_OBJECT_HANDLE o[4] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE, CK_INVALID_HANDLE,
+                             CK_INVALID_HANDLE};
     p11_caps *c = &s->tok->caps;
     int made = 1;
 
     c->len_wrap_mech = 0;
-    for (int i = 0; i < 3; i++) {
+    c->hmac_refuses_47 = 0;
+    for (int i = 0; i < 4; i++) {
         CK_ULONG len = lens[i];
         CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
                                                  {CKA_VALUE_LEN, &len, sizeof(len)}};
@@ -251,7 +260,15 @@ static void probe_len_wrap(p11_session *s, CK_OBJECT_HANDLE k)
             break;
         }
     }
-    for (int i = 0; i < 3; i++)
+    if (made) {
+        CK_MECHANISM hm = {check_hmac(c), NULL, 0};
+        unsigned char mac[48];
+        CK_ULONG ml = sizeof(mac);
+        CK_RV irv = P11_CALL(s->fl, C_SignInit, s->h, &hm, o[3]);
+        CK_RV srv = P11_CALL(s->fl, C_Sign, s->h, (CK_BYTE_PTR) "p11tls", 6, mac, &ml);
+        c->hmac_refuses_47 = irv != CKR_OK || srv != CKR_OK;
+    }
+    for (int i = 0; i < 4; i++)
         (void)P11_CALL(s->fl, C_DestroyObject, s->h, o[i]);
 }
 
@@ -326,7 +343,8 @@ static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned
 }
 
 /* Handle -> a new master-secret object (registry miss: another process, a
- * restart, an evicted entry). */
+ * restart, an evicted entry), made in s (a generation's session). A failure may
+ * still leave an object in *ms: the caller's to account for. */
 static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *ms)
 {
     CK_OBJECT_HANDLE k;
@@ -345,10 +363,8 @@ static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_O
                       SECRET_TEMPLATE_N + 1, ms);
         /* Some tokens silently accept a wrong length: insist on 48. */
         if (rv == CKR_OK &&
-            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != 48)) {
-            (void)p11_destroy(s, *ms);
+            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != 48))
             rv = CKR_WRAPPED_KEY_INVALID;
-        }
         return rv;
     } else {
         unsigned char buf[64];
@@ -485,11 +501,16 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     good = (urv == CKR_OK);
     if (!good)
         p = CK_INVALID_HANDLE;
-    rv = P11_CALL(s.fl, C_GetAttributeValue, s.h, good ? p : r, &la, 1);
-    /* A token that does not report the length (SoftHSM2 says 0 for an object
-     * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
-     * checked: see the README's security section. */
-    good &= (rv == CKR_OK) & ((got == 48) | ((got == 0) & (t->caps.ms == P11_MS_HMAC)));
+    if (t->caps.ms == P11_MS_HMAC && t->caps.len_wrap_mech != 0 && t->caps.hmac_refuses_47) {
+        /* The two checks below bound the length from both sides: no need to read it
+         * (a token property, the same for every message). */
+    } else {
+        rv = P11_CALL(s.fl, C_GetAttributeValue, s.h, good ? p : r, &la, 1);
+        /* A token that does not report the length (SoftHSM2 says 0 for an object
+         * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
+         * checked: see the README's security section. */
+        good &= (rv == CKR_OK) & ((got == 48) | ((got == 0) & (t->caps.ms == P11_MS_HMAC)));
+    }
     if (t->caps.ms == P11_MS_HMAC) {
         /* The master secret will be HMAC keyed with this secret, and tokens refuse
          * keys below a minimum size (SoftHSM2: 32 bytes for SHA-256, 48 for
@@ -497,7 +518,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
          * Try the chosen object as an HMAC key now; unusable -> the stand-in.
          * The same two calls run whatever the outcome (C_Sign ends an operation
          * C_SignInit started, or fails at once if it did not). */
-        CK_MECHANISM hm = {t->caps.hmac_sha384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC, NULL, 0};
+        CK_MECHANISM hm = {check_hmac(&t->caps), NULL, 0};
         unsigned char mac[48];
         CK_ULONG ml = sizeof(mac);
         CK_RV irv = P11_CALL(s.fl, C_SignInit, s.h, &hm, good ? p : r);
@@ -630,6 +651,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     CK_OBJECT_HANDLE stand_in = CK_INVALID_HANDLE;
     unsigned ok = 1, shared = 0;
     unsigned char rnd[P11_TLS_HANDLE_LEN];
+    p11_maker mk; /* the master secret is made in the cache's own session */
 
     if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
         p11_err(ERR_R_OPERATION_FAIL, "getrandom failed");
@@ -669,9 +691,16 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         OPENSSL_cleanse(pad, sizeof(pad));
     }
 
+    memset(&mk, 0, sizeof(mk));
     if (rv == CKR_OK && t->caps.ms == P11_MS_NATIVE) {
         CK_VERSION v1 = {0, 0};
-        rv = derive_native(&s, h, ems, is_pms, base, seed, seedlen, &v1, &ms);
+        call = "C_OpenSession";
+        rv = p11_registry_make_begin(t->ms, &s, &mk);
+        if (rv == CKR_OK) {
+            call = "C_DeriveKey";
+            rv = derive_native(&mk.s, h, ems, is_pms, base, seed, seedlen, &v1, &ms);
+            p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
+        }
         if (rv == CKR_OK && is_pms) {
             /* The version check: acted on after the handle is made, below. */
             unsigned ver = ((unsigned)v1.major << 8) | v1.minor;
@@ -687,7 +716,13 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
             memcpy(ls + llen, seed, seedlen);
         }
         if (rv == CKR_OK && t->caps.ms == P11_MS_SP800_108) {
-            rv = derive_sp800(&s, h, ls, lslen, base, &ms);
+            call = "C_OpenSession";
+            rv = p11_registry_make_begin(t->ms, &s, &mk);
+            if (rv == CKR_OK) {
+                call = "C_DeriveKey";
+                rv = derive_sp800(&mk.s, h, ls, lslen, base, &ms);
+                p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
+            }
         } else if (rv == CKR_OK) {
             /* transient: the master secret is HMAC output; it exists in this
              * buffer only until it is back in the token and wrapped. */
@@ -696,8 +731,13 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
             rv = p_hash(&s, h, base, ls, lslen, msb, 48);
             have_msb = rv == CKR_OK;
             if (rv == CKR_OK) {
+                call = "C_OpenSession";
+                rv = p11_registry_make_begin(t->ms, &s, &mk);
+            }
+            if (rv == CKR_OK) {
                 call = "C_CreateObject";
-                rv = P11_CALL(s.fl, C_CreateObject, s.h, mt, SECRET_TEMPLATE_N + 1, &ms);
+                rv = P11_CALL(mk.s.fl, C_CreateObject, mk.s.h, mt, SECRET_TEMPLATE_N + 1, &ms);
+                p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
             }
         }
     }
@@ -712,18 +752,16 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         call = "C_WrapKey";
         rv = make_handle(&s, ms, have_msb ? msb : NULL, handle);
     }
-    if (rv == CKR_OK && is_pms && t->caps.ms == P11_MS_NATIVE) {
+    if (rv == CKR_OK && is_pms && t->caps.ms == P11_MS_NATIVE && !ok) {
         /* Bad padding, length or version: the master secret just derived may be
          * one the client knows. The handshake goes on with the stand-in under a
-         * random handle instead, and fails at the client's Finished. Either way
-         * the same call follows: C_DestroyObject of that master secret, or of
-         * no object. */
-        lost = keep_loss(lost, destroy_always(&s, ok ? CK_INVALID_HANDLE : ms, s.h));
-        if (!ok) {
-            ms = stand_in;
-            shared = 1;
-            memcpy(handle, rnd, sizeof(rnd));
-        }
+         * random handle instead, and fails at the client's Finished. That master
+         * secret is not kept: it ends with its generation, so no call tells the
+         * two paths apart. */
+        p11_registry_made_drop(t->ms, &mk);
+        ms = stand_in;
+        shared = 1;
+        memcpy(handle, rnd, sizeof(rnd));
     }
     OPENSSL_cleanse(rnd, sizeof(rnd));
     OPENSSL_cleanse(msb, sizeof(msb));
@@ -733,12 +771,17 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         OPENSSL_cleanse(ls, lslen);
         free(ls);
     }
-    if (rv == CKR_OK) {
-        memset(&mv, 0, sizeof(mv));
-        mv.obj[0] = ms;
-        mv.flags = shared ? P11_REG_SHARED : 0;
-        if (!p11_registry_put(t->ms, &s, handle, &mv) && !shared)
-            (void)p11_destroy(&s, ms); /* resolvable again from the handle */
+    memset(&mv, 0, sizeof(mv));
+    mv.obj[0] = ms;
+    if (rv == CKR_OK && shared) {
+        mv.flags = P11_REG_SHARED;
+        (void)p11_registry_put(t->ms, &s, handle, &mv); /* else: a miss, then a failed unwrap */
+    } else if (rv == CKR_OK) {
+        /* not kept (out of memory): resolvable again from the handle */
+        if (!p11_registry_put_made(t->ms, &mk, handle, &mv) && mk.gen < 0)
+            (void)p11_destroy(&s, ms);
+    } else if (mk.gen >= 0) {
+        p11_registry_made_drop(t->ms, &mk);
     } else {
         (void)p11_destroy(&s, ms);
     }
@@ -768,15 +811,26 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
         if (p11_registry_get(t->ms, handle, s.epoch, 0, &v, &ref)) {
             ms = v.obj[0];
         } else {
-            call = "C_UnwrapKey";
-            rv = resolve_handle(&s, handle, &ms);
+            p11_maker mk;
+            ms = CK_INVALID_HANDLE;
+            call = "C_OpenSession";
+            rv = p11_registry_make_begin(t->ms, &s, &mk);
             if (rv == CKR_OK) {
-                memset(&v, 0, sizeof(v));
-                v.obj[0] = ms;
-                if (p11_registry_put(t->ms, &s, handle, &v))
-                    (void)p11_registry_get(t->ms, handle, s.epoch, 0, &v, &ref);
+                call = "C_UnwrapKey";
+                rv = resolve_handle(&mk.s, handle, &ms);
+                p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
+            }
+            memset(&v, 0, sizeof(v));
+            v.obj[0] = ms;
+            if (rv == CKR_OK && p11_registry_put_made(t->ms, &mk, handle, &v)) {
+                (void)p11_registry_get(t->ms, handle, mk.s.epoch, 0, &v, &ref);
+            } else if (ms != CK_INVALID_HANDLE) {
+                if (rv == CKR_OK) /* not kept: usable for this call still */
+                    rv = CKR_HOST_MEMORY;
+                if (mk.gen >= 0)
+                    p11_registry_made_drop(t->ms, &mk);
                 else
-                    rv = CKR_HOST_MEMORY, (void)p11_destroy(&s, ms);
+                    (void)p11_destroy(&s, ms);
             }
         }
         if (rv == CKR_OK) {
@@ -807,5 +861,6 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
 
 unsigned long p11_tls_live_objects(p11_token *t)
 {
-    return p11_registry_objects(t->pms) + p11_registry_objects(t->ms);
+    unsigned long g = __atomic_load_n(&t->gen, __ATOMIC_ACQUIRE);
+    return p11_registry_objects(t->pms, g) + p11_registry_objects(t->ms, g);
 }

@@ -158,8 +158,8 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     t->epoch = 1;
     t->max_sessions = cfg->max_sessions ? cfg->max_sessions : 16;
     t->idle = calloc(t->max_sessions, sizeof(*t->idle));
-    t->pms = p11_registry_new(cfg->handle_cache_max ? cfg->handle_cache_max : 4096, 60);
-    t->ms = p11_registry_new(cfg->handle_cache_max, cfg->handle_lifetime);
+    t->pms = p11_registry_new(cfg->handle_cache_max ? cfg->handle_cache_max : 4096, 60, 0);
+    t->ms = p11_registry_new(cfg->handle_cache_max, cfg->handle_lifetime, 1);
     if (t->idle == NULL || t->pms == NULL || t->ms == NULL)
         goto fail;
 
@@ -241,6 +241,7 @@ void p11_token_free(p11_token *t)
             (void)P11_CALL(t->fl, C_CloseSession, t->idle[i]);
         if (t->owner_gen == t->gen && t->owner_gen != 0)
             (void)P11_CALL(t->fl, C_CloseSession, t->owner_h);
+        p11_registry_close_all(t->ms, t->fl, t->gen);
         t->nidle = 0;
     }
     p11_registry_free(t->pms);

@@ -338,7 +338,9 @@ static void test_md5_sha1_refused(void)
 }
 
 /* Secret objects do not pile up: a small handle cache, 2,000 handshakes' worth
- * of derivations, and the token's session objects stay bounded. */
+ * of derivations, and the token's session objects stay bounded. The cache evicts
+ * by generation: one C_CloseSession per 8 master secrets (64 / 8 generations),
+ * no C_DestroyObject for them (the only destroys are of the raw secrets). */
 
 static void test_objects_bounded(void)
 {
@@ -346,7 +348,7 @@ static void test_objects_bounded(void)
     p11_token_cfg cfg;
     p11_token *t;
     unsigned char pms[48], seed[64], h[48], kb[40];
-    unsigned long before, after;
+    unsigned long before, after, d0, c0, destroys, closes;
     int ok = 1;
 
     tu_token_cfg(&cfg);
@@ -354,6 +356,8 @@ static void test_objects_bounded(void)
     t = p11_token_open(&cfg);
     CU_ASSERT_FATAL(t != NULL);
     before = (unsigned long)tu_count_secret_objects(t);
+    d0 = p11_call_count("C_DestroyObject");
+    c0 = p11_call_count("C_CloseSession");
     for (int i = 0; i < 2000 && ok; i++) {
         RAND_bytes(pms, 48);
         RAND_bytes(seed, sizeof(seed)); /* client random || server random */
@@ -361,10 +365,14 @@ static void test_objects_bounded(void)
              p11_tls_prf(t, P11_PRF_SHA256, h, (const unsigned char *)"key expansion", 13, kb, 40);
     }
     CU_ASSERT(ok);
+    destroys = p11_call_count("C_DestroyObject") - d0;
+    closes = p11_call_count("C_CloseSession") - c0;
     after = (unsigned long)tu_count_secret_objects(t);
     printf("\n    secret session objects: %lu before, %lu after 2000 derivations (cache 64); "
-           "registry holds %lu\n",
-           before, after, p11_tls_live_objects(t));
+           "registry holds %lu; %lu C_DestroyObject, %lu C_CloseSession\n",
+           before, after, p11_tls_live_objects(t), destroys, closes);
+    CU_ASSERT_EQUAL(destroys, 2000);
+    CU_ASSERT(closes >= 2000 / 8 - 8 && closes <= 2000 / 8);
     CU_ASSERT(after <= before + 64 + 4);
     CU_ASSERT(p11_tls_live_objects(t) <= 64);
     p11_token_free(t);

@@ -137,9 +137,42 @@ static void count_call(const char *call)
 /* SIGPIPE: a module that talks to a token over a socket (p11-kit-client) may write
  * to a connection the token's side has closed; that must be an error code, not
  * the death of the host process. The call runs with SIGPIPE blocked, and a
- * SIGPIPE it raised is consumed before the mask is restored. */
+ * SIGPIPE it raised is consumed before the mask is restored. The guard nests: a
+ * session held (p11_session_get .. p11_session_put) holds it once for all the
+ * calls made through it, four system calls per operation rather than per call. */
 static _Thread_local sigset_t saved_mask;
 static _Thread_local int pipe_was_pending;
+static _Thread_local unsigned guard_depth;
+
+void p11_sigpipe_guard_enter(void)
+{
+    sigset_t block, pending;
+    if (guard_depth++ > 0)
+        return;
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, &saved_mask);
+    sigpending(&pending);
+    pipe_was_pending = sigismember(&pending, SIGPIPE);
+}
+
+void p11_sigpipe_guard_leave(void)
+{
+    sigset_t pending;
+    if (guard_depth == 0 || --guard_depth > 0)
+        return;
+    if (!pipe_was_pending && !sigismember(&saved_mask, SIGPIPE)) {
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE)) {
+            sigset_t only;
+            struct timespec zero = {0, 0};
+            sigemptyset(&only);
+            sigaddset(&only, SIGPIPE);
+            (void)sigtimedwait(&only, NULL, &zero);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+}
 
 /* Calls that end an operation: a token that fails them has ended the operation
  * (PKCS#11), so an injected fault lets the real call run and replaces its result.
@@ -157,12 +190,7 @@ static _Thread_local CK_RV pending_fault;
 
 CK_RV p11_call_begin(const char *call)
 {
-    sigset_t block, pending;
-    sigemptyset(&block);
-    sigaddset(&block, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &block, &saved_mask);
-    sigpending(&pending);
-    pipe_was_pending = sigismember(&pending, SIGPIPE);
+    p11_sigpipe_guard_enter();
     ERR_set_mark();
     p11_injected_rv = p11_fault_hook != NULL ? p11_fault_hook(call) : CKR_OK;
     pending_fault = CKR_OK;
@@ -175,23 +203,12 @@ CK_RV p11_call_begin(const char *call)
 
 CK_RV p11_call_end(const char *call, CK_RV rv)
 {
-    sigset_t pending;
     if (pending_fault != CKR_OK) {
         rv = pending_fault;
         pending_fault = CKR_OK;
     }
     ERR_pop_to_mark();
-    if (!pipe_was_pending && !sigismember(&saved_mask, SIGPIPE)) {
-        sigpending(&pending);
-        if (sigismember(&pending, SIGPIPE)) {
-            sigset_t only;
-            struct timespec zero = {0, 0};
-            sigemptyset(&only);
-            sigaddset(&only, SIGPIPE);
-            (void)sigtimedwait(&only, NULL, &zero);
-        }
-    }
-    pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+    p11_sigpipe_guard_leave();
     if (rv != CKR_OK && (p11_first_failed_call == NULL || rv != p11_first_failed_rv)) {
         p11_first_failed_call = call;
         p11_first_failed_rv = rv;

@@ -36,6 +36,9 @@ extern _Thread_local CK_RV p11_injected_rv;
  * end: drops those errors, consumes a SIGPIPE the call raised, counts, logs. */
 CK_RV p11_call_begin(const char *call);
 CK_RV p11_call_end(const char *call, CK_RV rv);
+/* SIGPIPE blocked from enter to the matching leave (nested: the outermost counts). */
+void p11_sigpipe_guard_enter(void);
+void p11_sigpipe_guard_leave(void);
 #define P11_CALL(fl, fn, ...)                                                                      \
     p11_call_end(#fn, p11_call_begin(#fn) != CKR_OK ? p11_injected_rv : (fl)->fn(__VA_ARGS__))
 /* Counters of calls made by this process, by function name (benchmarks, tests). */

@@ -226,7 +226,20 @@ static int reinit_after_fork_locked(p11_token *t)
     return 0;
 }
 
+static int session_get(p11_token *t, p11_session *s);
+
+/* The SIGPIPE guard is held while a session is: once for all its calls. */
 int p11_session_get(p11_token *t, p11_session *s)
+{
+    int ok;
+    p11_sigpipe_guard_enter();
+    ok = session_get(t, s);
+    if (!ok)
+        p11_sigpipe_guard_leave();
+    return ok;
+}
+
+static int session_get(p11_token *t, p11_session *s)
 {
     CK_SESSION_HANDLE h;
     CK_RV rv;
@@ -367,4 +380,5 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
     s->tok = NULL;
+    p11_sigpipe_guard_leave();
 }

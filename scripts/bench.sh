@@ -3,8 +3,8 @@
 # tokens in a temporary directory, runs tests/bench/p11tls-bench on each and prints
 # one table (with PASS/MISS against the targets) and how long it all took.
 #
-# Usage: scripts/bench.sh [--quick] [--no-mem] [--keep]      (about 4-5 minutes on 2 CPUs)
-#   --quick   fewer handshakes (a smoke test of the benchmark itself, ~30 s)
+# Usage: scripts/bench.sh [--quick] [--no-mem] [--keep]      (about 2.5 minutes on 2 CPUs)
+#   --quick   fewer handshakes (a smoke test of the benchmark itself, ~15 s)
 #   --no-mem  skip the 20,000-handshake memory/object runs
 #   --keep    keep the temporary directory (tokens, raw results, logs)
 #

@@ -58,6 +58,7 @@ struct p11_registry {
     struct gen gens[GEN_SLOTS];
     int ngens, cur;
     unsigned long per_gen, seq;
+    time_t gen_lifetime; /* a generation takes new objects this long at most */
 };
 
 static size_t bucket_of(const p11_registry *r, const unsigned char key[48])
@@ -86,6 +87,7 @@ p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime, int own_
     r->use_gens = own_sessions;
     r->ngens = r->max < GENS ? (int)r->max : GENS;
     r->per_gen = r->max / (unsigned long)r->ngens;
+    r->gen_lifetime = r->lifetime / (unsigned)r->ngens > 0 ? r->lifetime / (unsigned)r->ngens : 1;
     r->cur = -1;
     return r;
 }
@@ -295,7 +297,7 @@ CK_RV p11_registry_make_begin(p11_registry *r, p11_session *s, p11_maker *m)
         if (g->tokgen != s->gen) /* the module was re-initialised: sessions gone */
             retire_locked(r, i, 1, s->epoch, &d);
         else if (i == r->cur && (g->epoch != s->epoch || g->objects >= r->per_gen ||
-                                 now - g->born >= (time_t)(r->lifetime / (unsigned)r->ngens)))
+                                 now - g->born >= r->gen_lifetime))
             g->state = GEN_FULL, r->cur = -1;
     }
     cur = r->cur;
@@ -340,14 +342,14 @@ CK_RV p11_registry_make_begin(p11_registry *r, p11_session *s, p11_maker *m)
             g->seq = ++r->seq;
             g->born = now;
             r->cur = cur = free_slot;
-        } else if (d.nc < GEN_SLOTS) {
+        } else {
             /* every slot waits for a user to let go of a retired generation */
-            d.close[d.nc++] = h;
             rv = CKR_SESSION_COUNT;
         }
         pthread_mutex_unlock(&r->lock);
         destroy_doomed(s, &d);
         if (rv != CKR_OK) {
+            (void)P11_CALL(s->fl, C_CloseSession, h);
             pthread_mutex_unlock(&r->make_lock);
             return rv;
         }

@@ -825,7 +825,7 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
             if (rv == CKR_OK && p11_registry_put_made(t->ms, &mk, handle, &v)) {
                 (void)p11_registry_get(t->ms, handle, mk.s.epoch, 0, &v, &ref);
             } else if (ms != CK_INVALID_HANDLE) {
-                if (rv == CKR_OK) /* not kept: usable for this call still */
+                if (rv == CKR_OK) /* not kept (out of memory, or its generation lost) */
                     rv = CKR_HOST_MEMORY;
                 if (mk.gen >= 0)
                     p11_registry_made_drop(t->ms, &mk);

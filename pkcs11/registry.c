@@ -141,8 +141,17 @@ typedef struct {
     node *free_later[8];
     int nf;
     CK_SESSION_HANDLE close[GEN_SLOTS];
+    unsigned long close_tokgen[GEN_SLOTS]; /* closed only in that module initialisation */
     int nc;
 } doomed;
+
+static void close_later(doomed *d, const struct gen *g)
+{
+    if (d->nc < GEN_SLOTS) {
+        d->close_tokgen[d->nc] = g->tokgen;
+        d->close[d->nc++] = g->h;
+    }
+}
 
 /* With r->lock held: one reference to generation i less. A retired generation
  * whose last reference went is closed (its objects end with its session). */
@@ -151,8 +160,8 @@ static void gen_unref(p11_registry *r, int i, doomed *d)
     struct gen *g = &r->gens[i];
     if (--g->refs > 0 || g->state != GEN_RETIRED)
         return;
-    if (!g->closed && d->nc < GEN_SLOTS)
-        d->close[d->nc++] = g->h;
+    if (!g->closed)
+        close_later(d, g);
     memset(g, 0, sizeof(*g)); /* GEN_FREE */
 }
 
@@ -180,8 +189,10 @@ static void destroy_doomed(p11_session *s, doomed *d)
     for (int i = 0; i < d->n; i++)
         if (s != NULL)
             (void)p11_destroy_owned(s, d->h[i], d->owner[i]);
+    /* (a session of an older module initialisation is gone: its number may be
+     * someone else's now) */
     for (int i = 0; i < d->nc; i++)
-        if (s != NULL)
+        if (s != NULL && d->close_tokgen[i] == s->gen)
             (void)P11_CALL(s->fl, C_CloseSession, d->close[i]);
     for (int i = 0; i < d->nf; i++)
         node_free(d->free_later[i]);
@@ -382,8 +393,8 @@ void p11_registry_make_end(p11_registry *r, p11_maker *m, CK_RV rv, unsigned mad
     if (p11_rv_is_session_loss(rv)) {
         /* Closed at once (the token may hand its number to a new session later);
          * its objects are gone with it. */
-        if (!g->closed && d.nc < GEN_SLOTS)
-            d.close[d.nc++] = g->h;
+        if (!g->closed)
+            close_later(&d, g);
         g->objects = 0;
         retire_locked(r, m->gen, 1, m->s.epoch, &d);
     }

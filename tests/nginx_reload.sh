@@ -12,6 +12,7 @@ set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 . "$src/scripts/lib/nginx.sh"
 . "$src/tests/lib/tap.sh"
+. "$src/tests/lib/load.sh"
 
 WORKERS=4
 RELOADS=4
@@ -23,13 +24,7 @@ chmod 755 "$work"
 ngx=$work/ngx
 load_pids=()
 cleanup() {
-  local p i
-  : > "$work/stop-load" 2>/dev/null || true
-  for p in "${load_pids[@]}"; do
-    for i in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  load_stop "$work/stop-load" 10 "${load_pids[@]}"
   [ -d "$ngx" ] && ngx_stop "$ngx"
   rm -rf "$work"
 }

@@ -15,6 +15,7 @@ src=${P11TLS_SOURCE_DIR:?}
 build=${P11TLS_BUILD_DIR:?}
 . "$src/scripts/lib/nginx.sh"
 . "$src/tests/lib/tap.sh"
+. "$src/tests/lib/load.sh"
 
 OUTAGE_S=2        # how long the token stays away (plus the restart, for softhsm-remote)
 AFTER_S=2         # load after the token is back, before the next event
@@ -28,13 +29,7 @@ ngx=$work/ngx
 load_pids=()
 server_down=0
 cleanup() {
-  local p i
-  : > "$work/stop-load" 2>/dev/null || true
-  for p in "${load_pids[@]}"; do
-    for i in $(seq 1 70); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  load_stop "$work/stop-load" 7 "${load_pids[@]}"
   [ -d "$ngx" ] && ngx_stop "$ngx"
   if [ "$server_down" = 1 ]; then
     # leave the fixture's token as we found it: served

@@ -15,7 +15,7 @@ const char *p11_level_name(p11_level l)
     case P11_LEVEL_TRANSIENT:
         return "transient";
     default:
-        return "none";
+        return "key-only";
     }
 }
 
@@ -25,6 +25,8 @@ int p11_level_parse(const char *s, p11_level *out)
         *out = P11_LEVEL_SEALED;
     else if (strcasecmp(s, "transient") == 0)
         *out = P11_LEVEL_TRANSIENT;
+    else if (strcasecmp(s, "key-only") == 0)
+        *out = P11_LEVEL_NONE;
     else
         return 0;
     return 1;

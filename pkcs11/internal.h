@@ -33,15 +33,19 @@ struct p11_token {
     unsigned long gen;   /* module (re)initialisations: sessions of older ones are gone */
     unsigned long epoch; /* object validity: bumped when session objects may be lost */
     unsigned long login_gen;
-    int broken; /* the token went away; re-opened on a later use (session.c) */
-    int scrub;  /* p11_scrub_heap after secret-bearing calls (P11_SCRUB_*, resolved) */
+    int broken;        /* the token went away; re-opened on a later use (session.c) */
+    long long back_at; /* when it was last re-opened after a loss (ms, monotonic) */
+    int scrub;         /* p11_scrub_heap after secret-bearing calls (P11_SCRUB_*, resolved) */
     struct p11_loss {
         long long since, next_try; /* when it was lost; no re-open attempt before next_try */
         char cause[160];           /* "C_Sign: CKR_DEVICE_REMOVED" */
         int reported;              /* the cause was raised in this process */
         unsigned long attempts, refused;
-    } loss;         /* the event while broken */
-    int pin_failed; /* never retry a wrong PIN */
+    } loss;              /* the event while broken */
+    char opened_by[128]; /* p11_whoami() when the token was opened (activation) */
+    char **env_names;    /* the environment's variable names then (NULL-terminated) */
+    int pin_failed;      /* never retry a wrong PIN */
+    int login_refusal;   /* 1: the token said its PIN is locked; 2: one try left (not spent) */
     CK_SESSION_HANDLE *idle;
     unsigned nidle, nopen, max_sessions;
 
@@ -67,6 +71,44 @@ struct p11_token {
 /* log.c */
 void p11_scrub_heap(void);
 
+/* objects.c: the template of every per-connection secret, a sensitive session object */
+extern const CK_BBOOL p11_yes, p11_no;
+extern const CK_OBJECT_CLASS p11_secret_class;
+extern const CK_KEY_TYPE p11_generic_type;
+#define P11_SECRET_TEMPLATE(extractable)                                                           \
+    {CKA_CLASS, (void *)&p11_secret_class, sizeof(p11_secret_class)},                              \
+        {CKA_KEY_TYPE, (void *)&p11_generic_type, sizeof(p11_generic_type)},                       \
+        {CKA_TOKEN, (void *)&p11_no, sizeof(p11_no)},                                              \
+        {CKA_SENSITIVE, (void *)&p11_yes, sizeof(p11_yes)},                                        \
+        {CKA_EXTRACTABLE, (void *)(extractable), sizeof(CK_BBOOL)},                                \
+        {CKA_SIGN, (void *)&p11_yes, sizeof(p11_yes)},                                             \
+    {                                                                                              \
+        CKA_DERIVE, (void *)&p11_yes, sizeof(p11_yes)                                              \
+    }
+#define P11_SECRET_TEMPLATE_N 7
+
+/* handle.c: handles (a secret encrypted under the token's handle key) */
+/* The handle key (this module initialisation's session copy); never created here. A
+ * key not found raises the cause: at activation, how to provision it; later, as a
+ * token loss (P11_RV_HANDLE_KEY_MISSING). */
+CK_RV p11_handle_key_find(p11_session *s, CK_OBJECT_HANDLE *out, int at_activation);
+CK_RV p11_handle_key(p11_session *s, CK_OBJECT_HANDLE *out);
+/* transient: does C_WrapKey(CKM_AES_CBC) give what p11_handle_resolve undoes? */
+int p11_handle_probe_cbc(p11_session *s, CK_OBJECT_HANDLE k);
+/* Secret object (48 bytes; value: its bytes at `transient`, else NULL) -> handle. */
+CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE obj, const unsigned char *value,
+                      unsigned char handle[48]);
+/* Handle -> a new secret object made in s. A failure may still leave an object in *obj. */
+CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *obj);
+
+/* hmac.c: HMAC by the token, and TLS 1.2's P_hash from it */
+CK_MECHANISM_TYPE p11_hmac_mech(p11_prf_hash h);
+size_t p11_hash_len(p11_prf_hash h);
+CK_RV p11_hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key, const unsigned char *in,
+               size_t inlen, unsigned char *out, CK_ULONG olen);
+CK_RV p11_p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
+                 size_t lslen, unsigned char *out, size_t outlen);
+
 /* caps.c */
 void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE h, int force_ms,
                     p11_caps *c);
@@ -76,6 +118,9 @@ int p11_token_select_slot(p11_token *t);
 CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h); /* raises nothing */
 void p11_token_login_error(p11_token *t, CK_RV rv);
 int p11_rv_is_pin_error(CK_RV rv);
+/* Why a forked child may fail to re-open the token: its user, the one that opened
+ * it, module-like environment variables it lacks (for messages). */
+void p11_token_fork_hint(p11_token *t, char *buf, size_t len);
 
 /* objects.c */
 CK_RV p11_find_one(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,

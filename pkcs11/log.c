@@ -27,15 +27,30 @@ _Thread_local CK_RV p11_first_failed_rv;
 static pthread_once_t dbg_once = PTHREAD_ONCE_INIT;
 static FILE *dbg_out = NULL;
 
+/* P11TLS_DEBUG: "1" (or any other value without a '/') logs to stderr;
+ * "file:/path" or "/path" appends to that file. A file that cannot be opened is
+ * said once on stderr (the log was asked for), and the log goes to stderr. */
 static void dbg_init(void)
 {
     const char *v = getenv("P11TLS_DEBUG");
+    const char *path = NULL;
     if (v == NULL || *v == '\0' || strcmp(v, "0") == 0)
         return;
-    if (strchr(v, '/') != NULL) {
-        dbg_out = fopen(v, "ae");
-        if (dbg_out != NULL)
+    if (strncmp(v, "file:", 5) == 0)
+        path = v + 5;
+    else if (strchr(v, '/') != NULL)
+        path = v;
+    if (path != NULL) {
+        dbg_out = fopen(path, "ae");
+        if (dbg_out != NULL) {
             setvbuf(dbg_out, NULL, _IOLBF, 0);
+        } else {
+            int e = errno;
+            fprintf(stderr,
+                    "p11tls[%ld]: P11TLS_DEBUG: cannot open the debug log '%s' (%s); "
+                    "logging to stderr\n",
+                    (long)getpid(), path, strerror(e));
+        }
     }
     if (dbg_out == NULL)
         dbg_out = stderr;
@@ -85,7 +100,7 @@ static int reason_for(CK_RV rv)
 
 void p11_err_ckr(const char *call, CK_RV rv, const char *fmt, ...)
 {
-    char ctx[512] = "";
+    char ctx[1024] = "";
     if (fmt != NULL) {
         va_list ap;
         va_start(ap, fmt);
@@ -99,7 +114,7 @@ void p11_err_ckr(const char *call, CK_RV rv, const char *fmt, ...)
 
 void p11_err(int reason, const char *fmt, ...)
 {
-    char msg[512];
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -9,6 +9,7 @@ struct p11_name {
 
 static const struct p11_name ckr_names[] = {
     {CKR_OK, "CKR_OK"},
+    {P11_RV_HANDLE_KEY_MISSING, "handle key not found"},
     {CKR_CANCEL, "CKR_CANCEL"},
     {CKR_HOST_MEMORY, "CKR_HOST_MEMORY"},
     {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID"},

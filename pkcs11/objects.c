@@ -8,6 +8,10 @@
 #include <openssl/proverr.h>
 #include "internal.h"
 
+const CK_BBOOL p11_yes = CK_TRUE, p11_no = CK_FALSE;
+const CK_OBJECT_CLASS p11_secret_class = CKO_SECRET_KEY;
+const CK_KEY_TYPE p11_generic_type = CKK_GENERIC_SECRET;
+
 struct p11_key {
     p11_token *tok;
     int refs;

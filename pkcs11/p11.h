@@ -123,6 +123,7 @@ typedef struct {
     const char *init_args;     /* pReserved for C_Initialize */
     const char *token_uri;     /* RFC 7512 URI selecting the token */
     const char *pin_source;    /* "file:...", "env:VAR"; else the URI's pin-* */
+    const char *pin_option;    /* its option's name, for messages (NULL: "pin-source") */
     unsigned max_sessions;     /* 0: default (16) */
     unsigned handle_lifetime;  /* seconds a cached secret object lives; 0: 7200 */
     unsigned handle_cache_max; /* entries; 0: 4096 */
@@ -157,6 +158,11 @@ int p11_session_get(p11_token *t, p11_session *s);
 void p11_session_put(p11_session *s, CK_RV last_rv);
 /* 1 when rv means the session or device is gone and a retry may succeed. */
 int p11_rv_is_session_loss(CK_RV rv);
+/* p11tls's own code for "the token's long-lived handle key is not visible": a loss
+ * of the token (its storage went away, or this process cannot read it). */
+#define P11_RV_HANDLE_KEY_MISSING (CKR_VENDOR_DEFINED | 0x70110001UL)
+/* "user 'www-data' (uid 33), pid 1234" for messages. */
+void p11_whoami(char *buf, size_t len);
 
 /* ------------------------------------------------------------- RSA keys */
 typedef struct p11_key p11_key;
@@ -195,9 +201,15 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
 /* PRF(master secret behind handle, label||seed) -> out (key block, Finished, exporters). */
 int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS_HANDLE_LEN],
                 const unsigned char *labelseed, size_t lslen, unsigned char *out, size_t outlen);
-/* Finds or creates the token's handle-wrapping key now (at activation, where the
- * process may still have the rights to create a token object). */
+/* At activation: finds the token's handle-wrapping key (and makes the per-process
+ * objects p11tls needs). A missing key is an error that says how to provision it. */
 int p11_tls_prepare(p11_token *t);
+/* Provisioning (p11tls-tool provision): creates the handle-wrapping key for the
+ * token's level if it has none (*created = 1), as a long-lived token object. */
+int p11_tls_provision(p11_token *t, int *created);
+const char *p11_tls_handle_key_label(const p11_token *t);
+/* 1: the handle key is in the token; 0: it is not; -1: the lookup failed. */
+int p11_tls_handle_key_present(p11_token *t);
 /* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
 unsigned long p11_tls_live_objects(p11_token *t);
 

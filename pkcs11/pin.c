@@ -57,17 +57,31 @@ size_t p11_pin_len(const p11_pin *pin)
 static p11_pin *pin_from_file(const char *path, char *err, size_t errlen)
 {
     char buf[PIN_MAX + 3]; /* room for CR LF and one byte more: a longer file is refused */
-    ssize_t n;
+    ssize_t n = 0;
     size_t len = 0;
     p11_pin *p;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
     if (fd < 0) {
-        snprintf(err, errlen, "pin-source: cannot open PIN file '%s': %s", path, strerror(errno));
+        snprintf(err, errlen, "cannot open PIN file '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "PIN file '%s' is not a regular file%s", path,
+                 S_ISDIR(st.st_mode) ? " (it is a directory)" : "");
         return NULL;
     }
     while (len < sizeof(buf) && (n = read(fd, buf + len, sizeof(buf) - len)) > 0)
         len += (size_t)n;
+    if (n < 0) {
+        int e = errno;
+        close(fd);
+        OPENSSL_cleanse(buf, sizeof(buf));
+        snprintf(err, errlen, "cannot read PIN file '%s': %s", path, strerror(e));
+        return NULL;
+    }
     close(fd);
     /* One trailing newline (or CRLF) is not part of the PIN. */
     if (len > 0 && buf[len - 1] == '\n')
@@ -76,20 +90,25 @@ static p11_pin *pin_from_file(const char *path, char *err, size_t errlen)
         len--;
     if (len > PIN_MAX) {
         OPENSSL_cleanse(buf, sizeof(buf));
-        snprintf(err, errlen, "pin-source: PIN file '%s' is longer than %d bytes", path, PIN_MAX);
+        snprintf(err, errlen, "PIN file '%s' is longer than %d bytes", path, PIN_MAX);
+        return NULL;
+    }
+    if (len == 0) {
+        /* An empty PIN would be sent to C_Login and spend one of the token's tries. */
+        snprintf(err, errlen, "PIN file '%s' is empty: no login attempted", path);
         return NULL;
     }
     p = p11_pin_new(buf, len);
     OPENSSL_cleanse(buf, sizeof(buf));
     if (p == NULL)
-        snprintf(err, errlen, "pin-source: out of memory");
+        snprintf(err, errlen, "out of memory");
     return p;
 }
 
 p11_pin *p11_pin_from_source(const char *source, char *err, size_t errlen)
 {
     if (source == NULL || *source == '\0') {
-        snprintf(err, errlen, "pin-source: empty");
+        snprintf(err, errlen, "empty");
         return NULL;
     }
     if (strncmp(source, "file:", 5) == 0)
@@ -100,14 +119,19 @@ p11_pin *p11_pin_from_source(const char *source, char *err, size_t errlen)
         const char *v = getenv(source + 4);
         p11_pin *p;
         if (v == NULL) {
-            snprintf(err, errlen, "pin-source: environment variable '%s' is not set", source + 4);
+            snprintf(err, errlen, "environment variable '%s' is not set", source + 4);
+            return NULL;
+        }
+        if (*v == '\0') {
+            snprintf(err, errlen, "environment variable '%s' is empty: no login attempted",
+                     source + 4);
             return NULL;
         }
         p = p11_pin_new(v, strlen(v));
         if (p == NULL)
-            snprintf(err, errlen, "pin-source: PIN in '%s' is too long", source + 4);
+            snprintf(err, errlen, "PIN in '%s' is too long", source + 4);
         return p;
     }
-    snprintf(err, errlen, "pin-source: unsupported source (use file:PATH or env:VAR)");
+    snprintf(err, errlen, "unsupported source (use file:PATH or env:VAR)");
     return NULL;
 }

@@ -31,7 +31,8 @@ extern _Thread_local CK_RV p11_first_failed_rv;
 static int rv_is_device_loss(CK_RV rv)
 {
     return rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_DEVICE_ERROR ||
-           rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_TOKEN_NOT_RECOGNIZED;
+           rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_TOKEN_NOT_RECOGNIZED ||
+           rv == P11_RV_HANDLE_KEY_MISSING;
 }
 
 int p11_rv_is_session_loss(CK_RV rv)
@@ -96,6 +97,10 @@ static void mark_lost_locked(p11_token *t, const char *cause, int reported)
     t->broken = 1;
     r = &t->loss;
     r->since = r->next_try = now_ms();
+    /* lost again right after coming back (a re-open that finds the token but not
+     * what p11tls needs in it): the next re-open waits its turn */
+    if (t->back_at != 0 && r->next_try < t->back_at + RETRY_MS)
+        r->next_try = t->back_at + RETRY_MS;
     snprintf(r->cause, sizeof(r->cause), "%s", cause);
     r->reported = reported;
     r->attempts = r->refused = 0;
@@ -139,6 +144,7 @@ static int reopen_locked(p11_token *t, char *why, size_t whylen)
               "operation(s) refused meanwhile)",
               t->label, (double)(now_ms() - r->since) / 1000.0, r->cause, r->attempts, r->refused);
     t->broken = 0;
+    t->back_at = now_ms();
     return 1;
 }
 
@@ -221,8 +227,15 @@ static int reinit_after_fork_locked(p11_token *t)
         else
             ERR_clear_last_mark();
     }
-    if (rv != CKR_OK)
-        p11_err_ckr("C_Initialize", rv, "token '%s': re-initialising after fork", t->label);
+    {
+        char hint[768];
+        p11_token_fork_hint(t, hint, sizeof(hint));
+        if (rv != CKR_OK)
+            p11_err_ckr("C_Initialize", rv, "token '%s': re-initialising the module after fork: %s",
+                        t->label, hint);
+        else
+            p11_err(ERR_R_OPERATION_FAIL, "token '%s' not found after fork: %s", t->label, hint);
+    }
     return 0;
 }
 

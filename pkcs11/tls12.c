@@ -2,13 +2,9 @@
  * into it (with implicit rejection), the master secret derived into it, and
  * the PRF outputs (key block, Finished, exporters) computed from it.
  *
- * Handles: libssl holds 48 bytes where it believes the master secret is. They
- * are the master secret encrypted under a long-lived AES-256 token key (one per
- * token, created once, found again by label), so any process using the same
- * token can resolve them: nginx workers, a restarted server reading tickets. A
- * registry caches the resolved token objects; a miss unwraps the handle again.
- * A forged handle unwraps to a garbage secret: the handshake fails at Finished.
- * Pre-master-secret handles are random bytes known only to the registry. */
+ * libssl holds a 48-byte handle (handle.c) where it believes the master secret is;
+ * a registry caches the resolved token objects, and a miss resolves the handle
+ * again. Pre-master-secret handles are random bytes known only to the registry. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -17,130 +13,10 @@
 #include <openssl/proverr.h>
 #include "internal.h"
 
-#define WRAP_LABEL_SEALED "p11tls-ms-wrap-sealed-v1"
-#define WRAP_LABEL_TRANSIENT "p11tls-ms-wrap-transient-v2"
-
-static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static const CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
-static const CK_KEY_TYPE generic_type = CKK_GENERIC_SECRET;
-
-/* Template of every per-connection secret: a sensitive session object. */
-#define SECRET_TEMPLATE(extractable)                                                               \
-    {CKA_CLASS, (void *)&secret_class, sizeof(secret_class)},                                      \
-        {CKA_KEY_TYPE, (void *)&generic_type, sizeof(generic_type)},                               \
-        {CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},          \
-        {CKA_EXTRACTABLE, (void *)(extractable), sizeof(CK_BBOOL)},                                \
-        {CKA_SIGN, (void *)&yes, sizeof(yes)},                                                     \
-    {                                                                                              \
-        CKA_DERIVE, (void *)&yes, sizeof(yes)                                                      \
-    }
-#define SECRET_TEMPLATE_N 7
-
 static int fail_ckr(const char *call, CK_RV rv, const char *what)
 {
     p11_err_ckr(call, rv, "%s", what);
     return 0;
-}
-
-/* ------------------------------------------------------------ the wrap key */
-
-static CK_RV find_wrap_keys(p11_session *s, const char *label, CK_OBJECT_HANDLE *objs, CK_ULONG max,
-                            CK_ULONG *n)
-{
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_AES;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                        {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-                        {CKA_LABEL, (void *)label, strlen(label)}};
-    CK_RV rv = P11_CALL(s->fl, C_FindObjectsInit, s->h, t, 4);
-    if (rv != CKR_OK)
-        return rv;
-    rv = P11_CALL(s->fl, C_FindObjects, s->h, objs, max, n);
-    (void)P11_CALL(s->fl, C_FindObjectsFinal, s->h);
-    return rv;
-}
-
-/* The token's handle-wrapping key, created on first use. Two processes racing to
- * create it both keep the one with the smallest CKA_ID and destroy their own. */
-static CK_RV wrap_key(p11_session *s, CK_OBJECT_HANDLE *out)
-{
-    p11_token *t = s->tok;
-    int sealed = t->caps.ms != P11_MS_HMAC;
-    const char *label = sealed ? WRAP_LABEL_SEALED : WRAP_LABEL_TRANSIENT;
-    CK_OBJECT_HANDLE objs[8], mine = CK_INVALID_HANDLE, best = CK_INVALID_HANDLE;
-    unsigned char best_id[16];
-    CK_ULONG n = 0;
-    CK_RV rv;
-
-    pthread_mutex_lock(&t->wrap_lock);
-    if (t->wrap_gen == s->gen && t->wrap_key != CK_INVALID_HANDLE) {
-        *out = t->wrap_key;
-        pthread_mutex_unlock(&t->wrap_lock);
-        return CKR_OK;
-    }
-    rv = find_wrap_keys(s, label, objs, 8, &n);
-    if (rv == CKR_OK && n == 0) {
-        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-        CK_KEY_TYPE kt = CKK_AES;
-        CK_ULONG len = 32;
-        unsigned char id[16];
-        CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
-        /* sealed: wrap/unwrap only, so nobody can C_Decrypt a handle back into a
-         * master secret; transient: wrap (AES-CBC) where the token can, and
-         * encrypt/decrypt because HMAC-only tokens cannot unwrap into a secret
-         * (at this level the secret passes through p11tls's memory anyway). */
-        CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                               {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                               {CKA_VALUE_LEN, &len, sizeof(len)},
-                               {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-                               {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-                               {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-                               {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
-                               {CKA_LABEL, (void *)label, strlen(label)},
-                               {CKA_ID, id, sizeof(id)},
-                               {CKA_WRAP, (void *)&yes, sizeof(yes)},
-                               {CKA_UNWRAP, (void *)(sealed ? &yes : &no), sizeof(yes)},
-                               {CKA_ENCRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)},
-                               {CKA_DECRYPT, (void *)(sealed ? &no : &yes), sizeof(yes)}};
-        if (getrandom(id, sizeof(id), 0) != sizeof(id)) {
-            rv = CKR_FUNCTION_FAILED;
-        } else {
-            rv = P11_CALL(s->fl, C_GenerateKey, s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
-                          &mine);
-            if (rv == CKR_OK)
-                p11_debug("created token key '%s' in token '%s'", label, t->label);
-            else
-                p11_err_ckr("C_GenerateKey", rv, "creating the handle key '%s' in token '%s'",
-                            label, t->label);
-        }
-        if (rv == CKR_OK)
-            rv = find_wrap_keys(s, label, objs, 8, &n);
-    } else if (rv != CKR_OK) {
-        p11_err_ckr("C_FindObjects", rv, "looking for the handle key '%s'", label);
-    }
-    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
-        unsigned char id[16];
-        CK_ATTRIBUTE a = {CKA_ID, id, sizeof(id)};
-        if (P11_CALL(s->fl, C_GetAttributeValue, s->h, objs[i], &a, 1) != CKR_OK ||
-            a.ulValueLen != sizeof(id))
-            memset(id, 0xff, sizeof(id));
-        if (best == CK_INVALID_HANDLE || memcmp(id, best_id, sizeof(id)) < 0) {
-            best = objs[i];
-            memcpy(best_id, id, sizeof(id));
-        }
-    }
-    if (rv == CKR_OK && best == CK_INVALID_HANDLE)
-        rv = CKR_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK && mine != CK_INVALID_HANDLE && mine != best)
-        (void)P11_CALL(s->fl, C_DestroyObject, s->h, mine);
-    if (rv == CKR_OK) {
-        t->wrap_key = p11_session_copy(s, best);
-        t->wrap_gen = s->gen;
-        *out = t->wrap_key;
-    }
-    pthread_mutex_unlock(&t->wrap_lock);
-    return rv;
 }
 
 /* The stand-in for a pre-master secret that failed its checks (RFC 5246 7.4.7.1's
@@ -155,14 +31,14 @@ static CK_RV fallback_secret(p11_session *s, CK_OBJECT_HANDLE *out)
     CK_ULONG len48 = 48;
     /* extractable only where the unwrapped secret is (the same length query runs on
      * either, p11_tls_pms_unwrap) */
-    CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {
-        SECRET_TEMPLATE(t->caps.len_wrap_mech != 0 ? &yes : &no),
+    CK_ATTRIBUTE rt[P11_SECRET_TEMPLATE_N + 1] = {
+        P11_SECRET_TEMPLATE(t->caps.len_wrap_mech != 0 ? &p11_yes : &p11_no),
         {CKA_VALUE_LEN, &len48, sizeof(len48)}};
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&t->wrap_lock);
     if (t->fallback_gen != s->gen || t->fallback == CK_INVALID_HANDLE) {
-        rv = p11_owner_generate(s, &gen, rt, SECRET_TEMPLATE_N + 1, &t->fallback);
+        rv = p11_owner_generate(s, &gen, rt, P11_SECRET_TEMPLATE_N + 1, &t->fallback);
         if (rv == CKR_OK)
             t->fallback_gen = s->gen;
         else
@@ -181,39 +57,6 @@ static CK_RV destroy_always(p11_session *s, CK_OBJECT_HANDLE h, CK_SESSION_HANDL
         return p11_destroy_owned(s, h, owner);
     (void)P11_CALL(s->fl, C_DestroyObject, s->h, CK_INVALID_HANDLE);
     return CKR_OK;
-}
-
-/* Does C_WrapKey(CKM_AES_CBC, zero IV) give exactly AES-CBC of a 48-byte secret,
- * so that resolve_handle can undo it? Tried once on a throw-away, readable secret. */
-static int probe_cbc_wrap(p11_session *s, CK_OBJECT_HANDLE k)
-{
-    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
-    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
-    unsigned char iv[16] = {0}, val[48], w[96], d[96];
-    CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
-    CK_ULONG len48 = 48, wl = sizeof(w), dl = sizeof(d);
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, (void *)&secret_class, sizeof(secret_class)},
-                        {CKA_KEY_TYPE, (void *)&generic_type, sizeof(generic_type)},
-                        {CKA_TOKEN, (void *)&no, sizeof(no)},
-                        {CKA_SENSITIVE, (void *)&no, sizeof(no)},
-                        {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},
-                        {CKA_VALUE_LEN, &len48, sizeof(len48)}};
-    CK_ATTRIBUTE va = {CKA_VALUE, val, sizeof(val)};
-    CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
-    int ok = 0;
-
-    if (P11_CALL(s->fl, C_GenerateKey, s->h, &gen, t, 6, &o) != CKR_OK)
-        return 0;
-    if (P11_CALL(s->fl, C_GetAttributeValue, s->h, o, &va, 1) == CKR_OK && va.ulValueLen == 48 &&
-        P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, o, w, &wl) == CKR_OK && wl == 48 &&
-        P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k) == CKR_OK &&
-        P11_CALL(s->fl, C_Decrypt, s->h, w, 48, d, &dl) == CKR_OK && dl == 48) {
-        for (int i = 47; i >= 16; i--)
-            d[i] ^= w[i - 16];
-        ok = memcmp(d, val, 48) == 0;
-    }
-    (void)P11_CALL(s->fl, C_DestroyObject, s->h, o);
-    return ok;
 }
 
 /* The HMAC mechanism of the pre-master secret's HMAC-key check. */
@@ -242,10 +85,10 @@ static void probe_len_wrap(p11_session *s, CK_OBJECT_HANDLE k)
     c->hmac_refuses_47 = 0;
     for (int i = 0; i < 4; i++) {
         CK_ULONG len = lens[i];
-        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
-                                                 {CKA_VALUE_LEN, &len, sizeof(len)}};
-        made &=
-            P11_CALL(s->fl, C_GenerateKey, s->h, &gen, t, SECRET_TEMPLATE_N + 1, &o[i]) == CKR_OK;
+        CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                     {CKA_VALUE_LEN, &len, sizeof(len)}};
+        made &= P11_CALL(s->fl, C_GenerateKey, s->h, &gen, t, P11_SECRET_TEMPLATE_N + 1, &o[i]) ==
+                CKR_OK;
     }
     for (size_t m = 0; made && m < sizeof(mechs) / sizeof(mechs[0]); m++) {
         CK_MECHANISM mech = {mechs[m], NULL, 0};
@@ -281,9 +124,9 @@ int p11_tls_prepare(p11_token *t)
         return 1;
     if (!p11_session_get(t, &s))
         return 0;
-    rv = wrap_key(&s, &k);
+    rv = p11_handle_key_find(&s, &k, 1);
     if (rv == CKR_OK && t->caps.ms == P11_MS_HMAC) {
-        t->caps.aes_cbc_wrap = probe_cbc_wrap(&s, k);
+        t->caps.aes_cbc_wrap = p11_handle_probe_cbc(&s, k);
         probe_len_wrap(&s, k);
     }
     if (rv == CKR_OK) {
@@ -292,155 +135,6 @@ int p11_tls_prepare(p11_token *t)
     }
     p11_session_put(&s, rv);
     return rv == CKR_OK; /* wrap_key raised the error */
-}
-
-/* Master-secret object -> handle. Sealed tokens wrap it with AES-ECB. At
- * `transient` the handle is AES-CBC (zero IV) of the secret: wrapped by the token
- * where it can (the secret does not go back into the token a second time), else
- * chained here over AES-ECB blocks (ms: the bytes, the instant they exist). */
-static CK_RV make_handle(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,
-                         unsigned char handle[48])
-{
-    CK_OBJECT_HANDLE k;
-    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
-    unsigned char iv[16] = {0}, buf[96];
-    CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
-    CK_ULONG len = sizeof(buf);
-    CK_RV rv = wrap_key(s, &k);
-
-    if (rv != CKR_OK)
-        return rv;
-    if (s->tok->caps.ms != P11_MS_HMAC) {
-        rv = P11_CALL(s->fl, C_WrapKey, s->h, &ecb, k, ms_obj, buf, &len);
-    } else if (s->tok->caps.aes_cbc_wrap) {
-        rv = P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, ms_obj, buf, &len);
-    } else {
-        CK_RV irv = rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
-        for (int i = 0; rv == CKR_OK && i < 3; i++) {
-            unsigned char blk[16];
-            CK_ULONG bl = 16;
-            for (int j = 0; j < 16; j++)
-                blk[j] = ms[16 * i + j] ^ (i ? buf[16 * (i - 1) + j] : 0);
-            rv = P11_CALL(s->fl, C_EncryptUpdate, s->h, blk, 16, buf + 16 * i, &bl);
-            OPENSSL_cleanse(blk, sizeof(blk));
-            if (rv == CKR_OK && bl != 16)
-                rv = CKR_FUNCTION_FAILED;
-        }
-        if (irv == CKR_OK) { /* also ends the operation after a failed update */
-            unsigned char last[16];
-            CK_ULONG fl = sizeof(last);
-            CK_RV frv = P11_CALL(s->fl, C_EncryptFinal, s->h, last, &fl);
-            if (rv == CKR_OK)
-                rv = frv;
-        }
-        len = 48;
-    }
-    if (rv == CKR_OK && len != 48)
-        rv = CKR_WRAPPED_KEY_LEN_RANGE;
-    if (rv == CKR_OK)
-        memcpy(handle, buf, 48);
-    return rv;
-}
-
-/* Handle -> a new master-secret object (registry miss: another process, a
- * restart, an evicted entry), made in s (a generation's session). A failure may
- * still leave an object in *ms: the caller's to account for. */
-static CK_RV resolve_handle(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *ms)
-{
-    CK_OBJECT_HANDLE k;
-    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
-    CK_ULONG vlen = 48;
-    CK_RV rv = wrap_key(s, &k);
-
-    if (rv != CKR_OK)
-        return rv;
-    if (s->tok->caps.ms != P11_MS_HMAC) {
-        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
-                                                 {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
-        CK_ULONG got = 0;
-        CK_ATTRIBUTE a = {CKA_VALUE_LEN, &got, sizeof(got)};
-        rv = P11_CALL(s->fl, C_UnwrapKey, s->h, &ecb, k, (CK_BYTE_PTR)handle, 48, t,
-                      SECRET_TEMPLATE_N + 1, ms);
-        /* Some tokens silently accept a wrong length: insist on 48. */
-        if (rv == CKR_OK &&
-            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != 48))
-            rv = CKR_WRAPPED_KEY_INVALID;
-        return rv;
-    } else {
-        unsigned char buf[64];
-        CK_ULONG len = sizeof(buf);
-        CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes), {CKA_VALUE, buf, 48}};
-        rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
-        if (rv == CKR_OK) {
-            rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, 48, buf, &len);
-        }
-        if (rv == CKR_OK && len != 48)
-            rv = CKR_WRAPPED_KEY_INVALID;
-        for (int i = 47; rv == CKR_OK && i >= 16; i--) /* CBC: P(i) = D(C(i)) ^ C(i-1) */
-            buf[i] ^= handle[i - 16];
-        if (rv == CKR_OK)
-            rv = P11_CALL(s->fl, C_CreateObject, s->h, t, SECRET_TEMPLATE_N + 1, ms);
-        OPENSSL_cleanse(buf, sizeof(buf));
-        if (s->tok->scrub)
-            p11_scrub_heap(); /* the secret went through the module's buffers */
-        return rv;
-    }
-}
-
-/* -------------------------------------------------------------- P_hash */
-
-static CK_MECHANISM_TYPE hmac_mech(p11_prf_hash h)
-{
-    return h == P11_PRF_SHA384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC;
-}
-
-static size_t hash_len(p11_prf_hash h)
-{
-    return h == P11_PRF_SHA384 ? 48 : 32;
-}
-
-static CK_RV hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key,
-                  const unsigned char *in, size_t inlen, unsigned char *out, CK_ULONG olen)
-{
-    CK_MECHANISM mech = {m, NULL, 0};
-    CK_ULONG len = olen;
-    CK_RV rv = P11_CALL(s->fl, C_SignInit, s->h, &mech, key);
-    if (rv == CKR_OK)
-        rv = P11_CALL(s->fl, C_Sign, s->h, (CK_BYTE_PTR)in, inlen, out, &len);
-    if (rv == CKR_OK && len != olen)
-        rv = CKR_FUNCTION_FAILED;
-    return rv;
-}
-
-/* TLS 1.2's P_hash(secret, label||seed) with HMAC computed by the token. Only the
- * output leaves it (for the master secret at `transient`, that output is it). */
-static CK_RV p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
-                    size_t lslen, unsigned char *out, size_t outlen)
-{
-    size_t hl = hash_len(h), done = 0;
-    CK_MECHANISM_TYPE m = hmac_mech(h);
-    unsigned char *buf = malloc(hl + lslen), blk[48];
-    CK_RV rv = CKR_OK;
-
-    if (buf == NULL)
-        return CKR_HOST_MEMORY;
-    memcpy(buf + hl, ls, lslen);
-    /* A(1) = HMAC(label||seed) */
-    rv = hmac(s, m, key, ls, lslen, buf, hl);
-    while (rv == CKR_OK && done < outlen) {
-        size_t take = outlen - done < hl ? outlen - done : hl;
-        rv = hmac(s, m, key, buf, hl + lslen, blk, hl); /* HMAC(A(i) || label||seed) */
-        if (rv != CKR_OK)
-            break;
-        memcpy(out + done, blk, take);
-        done += take;
-        if (done < outlen)
-            rv = hmac(s, m, key, buf, hl, buf, hl); /* A(i+1) = HMAC(A(i)) */
-    }
-    OPENSSL_cleanse(blk, sizeof(blk));
-    OPENSSL_cleanse(buf, hl + lslen);
-    free(buf);
-    return rv;
 }
 
 /* ------------------------------------------------------ pre-master secret */
@@ -455,8 +149,8 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
     CK_ULONG got = 0;
     /* Extractable at `transient` where a wrap-length query checks the length (below):
      * at that level the master secret made from it leaves the token anyway. */
-    CK_ATTRIBUTE pt[SECRET_TEMPLATE_N] = {
-        SECRET_TEMPLATE(t->caps.ms == P11_MS_HMAC && t->caps.len_wrap_mech != 0 ? &yes : &no)};
+    CK_ATTRIBUTE pt[P11_SECRET_TEMPLATE_N] = {P11_SECRET_TEMPLATE(
+        t->caps.ms == P11_MS_HMAC && t->caps.len_wrap_mech != 0 ? &p11_yes : &p11_no)};
     CK_ATTRIBUTE la = {CKA_VALUE_LEN, &got, sizeof(got)};
     p11_reg_value v;
     CK_RV rv, urv;
@@ -477,10 +171,10 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
          * stand-in is used, measured within the noise on NSS, saving two calls.) */
         CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
         CK_ULONG len48 = 48;
-        CK_ATTRIBUTE rt[SECRET_TEMPLATE_N + 1] = {
-            SECRET_TEMPLATE(t->caps.len_wrap_mech != 0 ? &yes : &no),
+        CK_ATTRIBUTE rt[P11_SECRET_TEMPLATE_N + 1] = {
+            P11_SECRET_TEMPLATE(t->caps.len_wrap_mech != 0 ? &p11_yes : &p11_no),
             {CKA_VALUE_LEN, &len48, sizeof(len48)}};
-        rv = P11_CALL(s.fl, C_GenerateKey, s.h, &gen, rt, SECRET_TEMPLATE_N + 1, &r);
+        rv = P11_CALL(s.fl, C_GenerateKey, s.h, &gen, rt, P11_SECRET_TEMPLATE_N + 1, &r);
         fresh = r;
     } else if (rv == CKR_OK) {
         rv = fallback_secret(&s, &r);
@@ -493,7 +187,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
      * SoftHSM2 refuses it). Whatever this returns, the calls that follow are the
      * same; only the choice of object differs. */
     urv = P11_CALL(s.fl, C_UnwrapKey, s.h, &rsa, kobj, (CK_BYTE_PTR)ct, ctlen, pt,
-                   SECRET_TEMPLATE_N, &p);
+                   P11_SECRET_TEMPLATE_N, &p);
     if (p11_rv_is_session_loss(urv)) {
         p11_session_put(&s, urv);
         return fail_ckr("C_UnwrapKey", urv, "pre-master secret");
@@ -536,7 +230,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
             CK_MECHANISM wm = {t->caps.len_wrap_mech, NULL, 0};
             CK_OBJECT_HANDLE wk = CK_INVALID_HANDLE;
             CK_ULONG wl = 0;
-            CK_RV wrv = wrap_key(&s, &wk);
+            CK_RV wrv = p11_handle_key(&s, &wk);
             if (wrv == CKR_OK)
                 wrv = P11_CALL(s.fl, C_WrapKey, s.h, &wm, wk, good ? p : r, NULL, &wl);
             if (p11_rv_is_session_loss(wrv)) {
@@ -583,7 +277,7 @@ static CK_RV derive_native(p11_session *s, p11_prf_hash h, int ems, int with_ver
 {
     const p11_caps *c = &s->tok->caps;
     CK_MECHANISM_TYPE prf = h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256;
-    CK_ATTRIBUTE t[SECRET_TEMPLATE_N] = {SECRET_TEMPLATE(&yes)};
+    CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N] = {P11_SECRET_TEMPLATE(&p11_yes)};
     P11_TLS12_MASTER_KEY_DERIVE_PARAMS tp;
     P11_NSS_TLS_EXTENDED_MASTER_KEY_DERIVE_PARAMS ep;
     CK_MECHANISM mech;
@@ -614,7 +308,7 @@ static CK_RV derive_native(p11_session *s, p11_prf_hash h, int ems, int with_ver
         mech.pParameter = &tp;
         mech.ulParameterLen = sizeof(tp);
     }
-    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, SECRET_TEMPLATE_N, ms);
+    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, P11_SECRET_TEMPLATE_N, ms);
 }
 
 /* SP 800-108 double-pipeline KDF with an HMAC PRF: TLS 1.2's P_hash, derived into
@@ -623,13 +317,13 @@ static CK_RV derive_sp800(p11_session *s, p11_prf_hash h, const unsigned char *l
                           CK_OBJECT_HANDLE base, CK_OBJECT_HANDLE *ms)
 {
     CK_ULONG len = 48;
-    CK_ATTRIBUTE t[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes),
-                                             {CKA_VALUE_LEN, &len, sizeof(len)}};
+    CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                 {CKA_VALUE_LEN, &len, sizeof(len)}};
     P11_PRF_DATA_PARAM dp[2] = {{P11_SP800_108_ITERATION_VARIABLE, NULL, 0},
                                 {P11_SP800_108_BYTE_ARRAY, (void *)ls, lslen}};
-    P11_SP800_108_KDF_PARAMS kp = {hmac_mech(h), 2, dp, 0, NULL};
+    P11_SP800_108_KDF_PARAMS kp = {p11_hmac_mech(h), 2, dp, 0, NULL};
     CK_MECHANISM mech = {P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF, &kp, sizeof(kp)};
-    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, SECRET_TEMPLATE_N + 1, ms);
+    return P11_CALL(s->fl, C_DeriveKey, s->h, &mech, base, t, P11_SECRET_TEMPLATE_N + 1, ms);
 }
 
 int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *secret,
@@ -678,16 +372,16 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
          * are zero-padded by HMAC itself, so padding to 48 bytes changes nothing
          * and meets tokens' minimum HMAC key sizes. */
         unsigned char pad[48];
-        CK_ATTRIBUTE tt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&no),
-                                                  {CKA_VALUE, (void *)secret, secretlen}};
+        CK_ATTRIBUTE tt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_no),
+                                                      {CKA_VALUE, (void *)secret, secretlen}};
         if (secretlen < 48 && t->caps.ms != P11_MS_NATIVE) {
             memset(pad, 0, sizeof(pad));
             memcpy(pad, secret, secretlen);
-            tt[SECRET_TEMPLATE_N].pValue = pad;
-            tt[SECRET_TEMPLATE_N].ulValueLen = sizeof(pad);
+            tt[P11_SECRET_TEMPLATE_N].pValue = pad;
+            tt[P11_SECRET_TEMPLATE_N].ulValueLen = sizeof(pad);
         }
         call = "C_CreateObject";
-        rv = P11_CALL(s.fl, C_CreateObject, s.h, tt, SECRET_TEMPLATE_N + 1, &base);
+        rv = P11_CALL(s.fl, C_CreateObject, s.h, tt, P11_SECRET_TEMPLATE_N + 1, &base);
         OPENSSL_cleanse(pad, sizeof(pad));
     }
 
@@ -726,9 +420,10 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         } else if (rv == CKR_OK) {
             /* transient: the master secret is HMAC output; it exists in this
              * buffer only until it is back in the token and wrapped. */
-            CK_ATTRIBUTE mt[SECRET_TEMPLATE_N + 1] = {SECRET_TEMPLATE(&yes), {CKA_VALUE, msb, 48}};
+            CK_ATTRIBUTE mt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                          {CKA_VALUE, msb, 48}};
             call = "C_Sign";
-            rv = p_hash(&s, h, base, ls, lslen, msb, 48);
+            rv = p11_p_hash(&s, h, base, ls, lslen, msb, 48);
             have_msb = rv == CKR_OK;
             if (rv == CKR_OK) {
                 call = "C_OpenSession";
@@ -736,7 +431,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
             }
             if (rv == CKR_OK) {
                 call = "C_CreateObject";
-                rv = P11_CALL(mk.s.fl, C_CreateObject, mk.s.h, mt, SECRET_TEMPLATE_N + 1, &ms);
+                rv = P11_CALL(mk.s.fl, C_CreateObject, mk.s.h, mt, P11_SECRET_TEMPLATE_N + 1, &ms);
                 p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
             }
         }
@@ -750,7 +445,7 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     }
     if (rv == CKR_OK) {
         call = "C_WrapKey";
-        rv = make_handle(&s, ms, have_msb ? msb : NULL, handle);
+        rv = p11_handle_make(&s, ms, have_msb ? msb : NULL, handle);
     }
     if (rv == CKR_OK && is_pms && t->caps.ms == P11_MS_NATIVE && !ok) {
         /* Bad padding, length or version: the master secret just derived may be
@@ -817,7 +512,7 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
             rv = p11_registry_make_begin(t->ms, &s, &mk);
             if (rv == CKR_OK) {
                 call = "C_UnwrapKey";
-                rv = resolve_handle(&mk.s, handle, &ms);
+                rv = p11_handle_resolve(&mk.s, handle, &ms);
                 p11_registry_make_end(t->ms, &mk, rv, ms != CK_INVALID_HANDLE);
             }
             memset(&v, 0, sizeof(v));
@@ -844,7 +539,7 @@ int p11_tls_prf(p11_token *t, p11_prf_hash h, const unsigned char handle[P11_TLS
                 if (rv == CKR_OK && len != outlen)
                     rv = CKR_FUNCTION_FAILED;
             } else {
-                rv = p_hash(&s, h, ms, labelseed, lslen, out, outlen);
+                rv = p11_p_hash(&s, h, ms, labelseed, lslen, out, outlen);
             }
         }
         p11_registry_release(t->ms, &s, ref);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pwd.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -80,10 +81,20 @@ int p11_token_select_slot(p11_token *t)
 CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
 {
     CK_RV rv;
+    CK_TOKEN_INFO ti;
+
     if (t->pin == NULL)
         return CKR_OK;
     if (t->pin_failed)
-        return CKR_PIN_INCORRECT;
+        return t->login_refusal != 0 ? CKR_PIN_LOCKED : CKR_PIN_INCORRECT;
+    /* A token that says its PIN is locked, or that the next wrong PIN locks it, gets
+     * no attempt from p11tls: a wrong PIN here would lock it (see the README). */
+    if (P11_CALL(t->fl, C_GetTokenInfo, t->slot, &ti) == CKR_OK &&
+        (ti.flags & (CKF_USER_PIN_LOCKED | CKF_USER_PIN_FINAL_TRY)) != 0) {
+        t->login_refusal = (ti.flags & CKF_USER_PIN_LOCKED) ? 1 : 2;
+        t->pin_failed = 1;
+        return CKR_PIN_LOCKED;
+    }
     /* A login that races another process rewriting the token's store (SoftHSM2
      * does at each login; nginx's workers log in together) fails with a transient
      * code that is not a PIN verdict: retried briefly, never for a PIN error. */
@@ -110,7 +121,18 @@ CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
  * clear OpenSSL's error queue inside their own functions). */
 void p11_token_login_error(p11_token *t, CK_RV rv)
 {
-    if (p11_rv_is_pin_error(rv))
+    if (t->login_refusal == 1)
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "token '%s' reports its user PIN locked (CKF_USER_PIN_LOCKED): no login "
+                "attempted; unlock it with the security officer's PIN",
+                t->label);
+    else if (t->login_refusal == 2)
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "token '%s' reports one PIN attempt left (CKF_USER_PIN_FINAL_TRY): p11tls "
+                "will not spend it; check the PIN and log in once by hand (e.g. "
+                "pkcs11-tool --login --test), which resets the count",
+                t->label);
+    else if (p11_rv_is_pin_error(rv))
         p11_err_ckr("C_Login", rv, "token '%s': the configured PIN was refused (not retried)",
                     t->label);
     else
@@ -121,6 +143,72 @@ int p11_rv_is_pin_error(CK_RV rv)
 {
     return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
            rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED;
+}
+
+void p11_whoami(char *buf, size_t len)
+{
+    struct passwd pw, *res = NULL;
+    char tmp[1024];
+    uid_t uid = geteuid();
+    if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) != 0 || res == NULL)
+        snprintf(buf, len, "uid %ld, pid %ld", (long)uid, (long)getpid());
+    else
+        snprintf(buf, len, "user '%s' (uid %ld), pid %ld", pw.pw_name, (long)uid, (long)getpid());
+}
+
+/* ---- what a forked child's failure to re-open the token is likely due to ---- */
+extern char **environ;
+
+/* Names only (a value may be a secret). */
+static void env_snapshot(p11_token *t)
+{
+    size_t n = 0;
+    for (char **e = environ; e != NULL && *e != NULL; e++)
+        n++;
+    t->env_names = calloc(n + 1, sizeof(char *));
+    if (t->env_names == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        t->env_names[i] = strndup(environ[i], strcspn(environ[i], "="));
+}
+
+/* Variables whose names look like a module's settings. */
+static int looks_like_module_setting(const char *name)
+{
+    static const char *const words[] = {"CONF",  "P11",    "PKCS",    "HSM", "NSS",
+                                        "TOKEN", "MODULE", "ADDRESS", "SOCK"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcasestr(name, words[i]) != NULL)
+            return 1;
+    return 0;
+}
+
+void p11_token_fork_hint(p11_token *t, char *buf, size_t len)
+{
+    char who[128], missing[256] = "";
+    size_t off = 0;
+    unsigned others = 0;
+
+    for (char **n = t->env_names; n != NULL && *n != NULL; n++) {
+        if (**n == '\0' || getenv(*n) != NULL)
+            continue;
+        if (!looks_like_module_setting(*n)) {
+            others++;
+            continue;
+        }
+        if (off < sizeof(missing))
+            off +=
+                (size_t)snprintf(missing + off, sizeof(missing) - off, "%s%s", off ? ", " : "", *n);
+    }
+    p11_whoami(who, sizeof(who));
+    snprintf(buf, len,
+             "this process is %s; the token was opened by %s. Likely causes: the token's "
+             "storage is not readable by this user (for SoftHSM2 its token directory, for NSS "
+             "its database directory), or the module's environment is not passed to this "
+             "process (%s%s%s; nginx passes only the variables named by 'env NAME;' lines)",
+             who, t->opened_by, off ? "set when p11tls started but missing here: " : "",
+             off ? missing : "no module-like variable is missing",
+             others ? ", and other variables" : "");
 }
 
 /* Set by an atexit handler registered at the first p11_token_open, so it runs
@@ -154,6 +242,8 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     pthread_mutex_init(&t->owner_lock, NULL);
     pthread_cond_init(&t->cond, NULL);
     t->pid = getpid();
+    p11_whoami(t->opened_by, sizeof(t->opened_by));
+    env_snapshot(t);
     t->gen = 1;
     t->epoch = 1;
     t->max_sessions = cfg->max_sessions ? cfg->max_sessions : 16;
@@ -199,10 +289,19 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     if (pin_source != NULL && *pin_source != '\0') {
         t->pin = p11_pin_from_source(pin_source, err, sizeof(err));
         if (t->pin == NULL) {
-            p11_err(PROV_R_INVALID_CONFIG_DATA, "%s", err);
+            p11_err(PROV_R_INVALID_CONFIG_DATA, "%s: %s",
+                    pin_source == cfg->pin_source
+                        ? (cfg->pin_option != NULL ? cfg->pin_option : "pin-source")
+                        : "the token URI's pin-source",
+                    err);
             goto fail;
         }
     } else if (t->uri->pin_value != NULL) {
+        if (*t->uri->pin_value == '\0') {
+            p11_err(PROV_R_INVALID_CONFIG_DATA,
+                    "token: the URI's pin-value is empty: no login attempted");
+            goto fail;
+        }
         t->pin = p11_pin_new(t->uri->pin_value, strlen(t->uri->pin_value));
     }
     /* The URI copy of a pin-value is no longer needed. */
@@ -251,6 +350,9 @@ void p11_token_free(p11_token *t)
     p11_uri_free(t->uri);
     free(t->uri_text);
     free(t->idle);
+    for (char **n = t->env_names; n != NULL && *n != NULL; n++)
+        free(*n);
+    free(t->env_names);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->wrap_lock);
     pthread_mutex_destroy(&t->owner_lock);

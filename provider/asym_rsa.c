@@ -176,7 +176,14 @@ static int enc_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
         in = buf;
         inlen = modlen;
     }
-    if (c->pad == RSA_PKCS1_WITH_TLS_PADDING) {
+    if (c->pad == RSA_PKCS1_WITH_TLS_PADDING && !p11tls_routing_ok(c->prov)) {
+        /* key-only: the handle would reach another provider's PRF (bad_record_mac) */
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: RSA key exchange keeps the pre-master secret in the token and "
+                       "needs p11tls's TLS1-PRF ('default_properties = ?provider=p11tls'); "
+                       "use ECDHE suites with 'min-assurance = key-only'");
+        ok = 0;
+    } else if (c->pad == RSA_PKCS1_WITH_TLS_PADDING) {
         ok = p11_tls_pms_unwrap(c->key->tok, in, inlen, c->client_version, c->alt_version, out);
         if (ok)
             *outlen = P11_TLS_HANDLE_LEN;

@@ -91,9 +91,7 @@ static int prf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
     if (!p11tls_usable(c->prov) || !prf_set_ctx_params(c, params))
         return 0;
     if (c->md5sha1) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST,
-                       "p11tls: the TLS 1.0/1.1 PRF (MD5-SHA1) is not supported; "
-                       "use TLS 1.2");
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST, "p11tls: %s", P11TLS_OLD_TLS);
         return 0;
     }
     if (c->hash < 0) {

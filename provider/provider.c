@@ -1,6 +1,7 @@
 /* provider.c - the provider's entry point: reads its openssl.cnf section,
  * opens the token, enforces the configured minimum assurance level, answers
  * parameter queries, and hands out the operation tables. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +34,10 @@ static const OSSL_ALGORITHM p11tls_kdf[] = {ALG("TLS1-PRF", p11tls_tls1_prf_func
                                             {NULL, NULL, NULL, NULL}};
 static const OSSL_ALGORITHM p11tls_store[] = {ALG("pkcs11", p11tls_store_functions),
                                               {NULL, NULL, NULL, NULL}};
-static const OSSL_ALGORITHM p11tls_decoder[] = {{"RSA:rsaEncryption:1.2.840.113549.1.1.1",
-                                                 "provider=" P11TLS_NAME ",input=pem",
-                                                 p11tls_pem_uri_decoder_functions, NULL},
-                                                {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_decoder[] = {
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=" P11TLS_NAME ",input=pem",
+     p11tls_pem_uri_decoder_functions, NULL},
+    {NULL, NULL, NULL, NULL}};
 
 static const OSSL_ALGORITHM *p11tls_query(void *provctx, int op, int *no_cache)
 {
@@ -79,8 +80,17 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
     const p11_caps *c = prov->token != NULL ? p11_token_caps(prov->token) : NULL;
     OSSL_PARAM *p;
 
+    int usable = prov->failure == NULL;
+
+    if (usable && prov->min_level > P11_LEVEL_NONE) {
+        ERR_set_mark();
+        usable = p11tls_routing_ok(prov);
+        ERR_pop_to_mark();
+    }
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) != NULL &&
-        !OSSL_PARAM_set_utf8_ptr(p, prov->name))
+        !OSSL_PARAM_set_utf8_ptr(p, usable || prov->failure != NULL || prov->routing_name == NULL
+                                        ? prov->name
+                                        : prov->routing_name))
         return 0;
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) != NULL &&
         !OSSL_PARAM_set_utf8_ptr(p, P11TLS_VERSION_STR))
@@ -89,9 +99,9 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
         !OSSL_PARAM_set_utf8_ptr(p, "p11tls " P11TLS_VERSION_STR))
         return 0;
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) != NULL &&
-        !OSSL_PARAM_set_int(p, prov->failure == NULL))
+        !OSSL_PARAM_set_int(p, usable))
         return 0;
-    if (prov->failure != NULL)
+    if (!usable)
         return 1;
     if ((p = OSSL_PARAM_locate(params, "p11tls-token")) != NULL &&
         !OSSL_PARAM_set_utf8_ptr(p, p11_token_label(prov->token)))
@@ -105,13 +115,14 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
     return 1;
 }
 
-int p11tls_usable(const P11TLS_PROV *prov)
+int p11tls_usable(P11TLS_PROV *prov)
 {
-    if (prov->failure == NULL)
-        return 1;
-    ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA, "p11tls is not usable: %s",
-                   prov->failure);
-    return 0;
+    if (prov->failure != NULL) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA, "p11tls is not usable: %s",
+                       prov->failure);
+        return 0;
+    }
+    return prov->min_level == P11_LEVEL_NONE || p11tls_routing_ok(prov);
 }
 
 /* Collects the error queue (p11tls never puts a PIN there) into one line. */
@@ -141,6 +152,9 @@ static void p11tls_teardown(void *provctx)
     if (prov == NULL)
         return;
     OPENSSL_free(prov->failure);
+    OPENSSL_free(prov->routing_name);
+    OPENSSL_free(prov->name);
+    OPENSSL_free(prov->prov_name);
     p11_token_free(prov->token);
     OSSL_PROVIDER_unload(prov->deflt);
     OSSL_LIB_CTX_free(prov->libctx);
@@ -153,30 +167,6 @@ static const OSSL_DISPATCH p11tls_dispatch[] = {
     {OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))p11tls_get_params},
     {OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))p11tls_query},
     {0, NULL}};
-
-/* The configuration keys of the provider's openssl.cnf section. */
-struct cfg {
-    char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
-    char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap;
-};
-
-static int read_config(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn *get,
-                       struct cfg *c)
-{
-    OSSL_PARAM p[] = {OSSL_PARAM_utf8_ptr("pkcs11-module", &c->module, 0),
-                      OSSL_PARAM_utf8_ptr("pkcs11-init-args", &c->init_args, 0),
-                      OSSL_PARAM_utf8_ptr("token", &c->token, 0),
-                      OSSL_PARAM_utf8_ptr("pin-source", &c->pin_source, 0),
-                      OSSL_PARAM_utf8_ptr("min-assurance", &c->min_assurance, 0),
-                      OSSL_PARAM_utf8_ptr("debug", &c->debug, 0),
-                      OSSL_PARAM_utf8_ptr("max-sessions", &c->max_sessions, 0),
-                      OSSL_PARAM_utf8_ptr("handle-lifetime", &c->handle_lifetime, 0),
-                      OSSL_PARAM_utf8_ptr("handle-cache-size", &c->handle_cache, 0),
-                      OSSL_PARAM_utf8_ptr("strategy", &c->strategy, 0),
-                      OSSL_PARAM_utf8_ptr("scrub-heap", &c->scrub_heap, 0),
-                      OSSL_PARAM_END};
-    return get(handle, p);
-}
 
 static int parse_uint(const char *opt, const char *v, unsigned *out, unsigned max)
 {
@@ -194,41 +184,72 @@ static int parse_uint(const char *opt, const char *v, unsigned *out, unsigned ma
     return 1;
 }
 
+/* Sets prov->name (the status line: never cut). */
+static void set_name(P11TLS_PROV *prov, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_name(P11TLS_PROV *prov, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    char *b;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (b = OPENSSL_malloc((size_t)n + 1)) == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    OPENSSL_free(prov->name);
+    prov->name = b;
+}
+
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
                                                               const OSSL_DISPATCH *in,
                                                               const OSSL_DISPATCH **out,
                                                               void **provctx)
 {
     OSSL_FUNC_core_get_params_fn *core_get_params = NULL;
+    OSSL_FUNC_core_get_libctx_fn *core_get_libctx = NULL;
     OSSL_FUNC_BIO_read_ex_fn *bio_read_ex = NULL;
     P11TLS_PROV *prov;
-    struct cfg c;
+    p11tls_cfg c;
     p11_token_cfg tc;
     const p11_caps *caps;
 
     for (const OSSL_DISPATCH *d = in; d->function_id != 0; d++)
         if (d->function_id == OSSL_FUNC_CORE_GET_PARAMS)
             core_get_params = OSSL_FUNC_core_get_params(d);
+        else if (d->function_id == OSSL_FUNC_CORE_GET_LIBCTX)
+            core_get_libctx = OSSL_FUNC_core_get_libctx(d);
         else if (d->function_id == OSSL_FUNC_BIO_READ_EX)
             bio_read_ex = OSSL_FUNC_BIO_read_ex(d);
     memset(&c, 0, sizeof(c));
     memset(&tc, 0, sizeof(tc));
-    if (core_get_params == NULL || !read_config(handle, core_get_params, &c))
+    if (core_get_params == NULL || core_get_libctx == NULL)
         return 0;
-    ERR_set_mark();
-    if (c.debug != NULL && strcmp(c.debug, "0") != 0 && strcasecmp(c.debug, "no") != 0 &&
-        getenv("P11TLS_DEBUG") == NULL)
-        setenv("P11TLS_DEBUG", strchr(c.debug, '/') ? c.debug : "1", 0);
-
     prov = OPENSSL_zalloc(sizeof(*prov));
     if (prov == NULL)
         return 0;
     prov->handle = handle;
+    /* In OpenSSL 3.0 the core's context is the library context itself. */
+    prov->app_libctx = (OSSL_LIB_CTX *)core_get_libctx(handle);
     prov->core_bio_read_ex = bio_read_ex;
     prov->min_level = P11_LEVEL_SEALED;
+    ERR_set_mark();
+    if (!p11tls_cfg_read(handle, core_get_params, &c))
+        goto fail;
+    if (c.prov_name != NULL)
+        prov->prov_name = OPENSSL_strdup(c.prov_name);
+    if (c.debug != NULL && strcmp(c.debug, "0") != 0 && strcasecmp(c.debug, "no") != 0 &&
+        getenv("P11TLS_DEBUG") == NULL)
+        setenv("P11TLS_DEBUG", strchr(c.debug, '/') ? c.debug : "1", 0);
+    if (!p11tls_cfg_check_keys(&c))
+        goto fail;
     if (c.min_assurance != NULL && !p11_level_parse(c.min_assurance, &prov->min_level)) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: option 'min-assurance' is not 'sealed' or 'transient'");
+                       "p11tls: option 'min-assurance' is not 'sealed', 'transient' or "
+                       "'key-only'");
         goto fail;
     }
     if (c.strategy != NULL) {
@@ -268,6 +289,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     tc.init_args = c.init_args;
     tc.token_uri = c.token;
     tc.pin_source = c.pin_source;
+    tc.pin_option = p11tls_cfg_pin_option(&c);
     prov->token = p11_token_open(&tc);
     if (prov->token == NULL) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
@@ -284,15 +306,16 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                        p11_level_name(prov->min_level), caps->missing);
         goto fail;
     }
-    if (!p11_tls_prepare(prov->token)) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: cannot find or create the handle-wrapping key in token '%s'",
-                       p11_token_label(prov->token));
+    if (!p11_tls_prepare(prov->token)) /* raises the cause (a missing handle key: the fix) */
         goto fail;
-    }
-    snprintf(prov->name, sizeof(prov->name), "p11tls: token '%s', assurance %s (%s)",
-             p11_token_label(prov->token), p11_level_name(caps->level),
-             p11_ms_strategy_name(caps->ms));
+    if (prov->min_level == P11_LEVEL_NONE)
+        set_name(prov,
+                 "p11tls: token '%s', key only (min-assurance key-only: TLS secrets may be "
+                 "computed outside the token; the token offers assurance %s)",
+                 p11_token_label(prov->token), p11_level_name(caps->level));
+    else
+        set_name(prov, "p11tls: token '%s', assurance %s (%s)", p11_token_label(prov->token),
+                 p11_level_name(caps->level), p11_ms_strategy_name(caps->ms));
     /* Public-key operations and digests run in a library context of our own
      * holding only the default provider: no way back into p11tls from there. */
     prov->libctx = OSSL_LIB_CTX_new();
@@ -309,9 +332,11 @@ fail:
     ERR_pop_to_mark();
     p11_token_free(prov->token);
     prov->token = NULL;
-    if (prov->failure == NULL)
+    if (prov->failure == NULL) {
+        p11tls_teardown(prov);
         return 0;
-    snprintf(prov->name, sizeof(prov->name), "p11tls: NOT USABLE: %.200s", prov->failure);
+    }
+    set_name(prov, "p11tls: NOT USABLE: %s", prov->failure);
     p11_debug("provider not usable: %s", prov->failure);
     if (prov->libctx == NULL)
         prov->libctx = OSSL_LIB_CTX_new();

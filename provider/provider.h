@@ -16,19 +16,47 @@
 
 typedef struct {
     const OSSL_CORE_HANDLE *handle;
-    OSSL_LIB_CTX *libctx; /* our own library context: digests, software public-key ops */
-    OSSL_PROVIDER *deflt; /* the default provider loaded into it */
+    OSSL_LIB_CTX *app_libctx; /* the library context p11tls was loaded into (libssl's) */
+    OSSL_LIB_CTX *libctx;     /* our own library context: digests, software public-key ops */
+    OSSL_PROVIDER *deflt;     /* the default provider loaded into it */
     p11_token *token;
     p11_level min_level;
     OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex; /* for decoders: reads the core's BIO */
-    char name[256];                             /* "p11tls: token '...', assurance ..." */
-    char *failure; /* set when the configuration or the token is unusable */
+    char *name;         /* "p11tls: token '...', assurance ..." (never cut) */
+    char *failure;      /* set when the configuration or the token is unusable */
+    int routing;        /* routing.c: 0 not checked yet, 1 p11tls's TLS operations win */
+    char *routing_name; /* "p11tls: NOT USABLE: why they do not" (after a failed check) */
+    char *prov_name;    /* the provider's name in openssl.cnf */
 } P11TLS_PROV;
+
+/* The keys of p11tls's openssl.cnf section (config.c). Pointers into the core's
+ * copy of the configuration, valid while the provider is loaded. */
+typedef struct {
+    char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
+    char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap;
+    char *prov_name;   /* the provider's name in openssl.cnf */
+    int alias_used[3]; /* pkcs11-module-path, -init-args, -token-pin given instead */
+} p11tls_cfg;
+/* Reads the section's values (p11tls's names or pkcs11-provider's aliases). */
+int p11tls_cfg_read(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn *get,
+                    p11tls_cfg *c);
+/* 0 with the error raised when the section holds a key p11tls does not know. */
+int p11tls_cfg_check_keys(const p11tls_cfg *c);
+/* The name the PIN's option was given under ("pin-source" or its alias). */
+const char *p11tls_cfg_pin_option(const p11tls_cfg *c);
+
+/* routing.c: do libssl's fetches of the TLS operations p11tls implements (TLS1-PRF)
+ * reach p11tls? Checked at first use in this process (not while providers are still
+ * being loaded); 1 yes; 0 no, with the error (the provider that would win, the
+ * line to add) raised. */
+int p11tls_routing_ok(P11TLS_PROV *prov);
 
 /* 1 if the provider is usable; else raises the configuration failure and returns 0.
  * p11tls fails closed: OpenSSL 3.0 ignores a provider's activation failure, so an
- * unusable p11tls stays loaded and refuses every operation with the cause. */
-int p11tls_usable(const P11TLS_PROV *prov);
+ * unusable p11tls stays loaded and refuses every operation with the cause. That
+ * includes libssl taking its TLS operations from another provider (routing.c),
+ * unless `min-assurance = key-only` accepts that. */
+int p11tls_usable(P11TLS_PROV *prov);
 
 /* An RSA key: in the token (tok != NULL), or a public key imported for
  * comparison and public operations (done in software, they are public). */
@@ -54,5 +82,14 @@ extern const OSSL_DISPATCH p11tls_store_functions[];
 extern const OSSL_DISPATCH p11tls_pem_uri_decoder_functions[];
 
 #define P11TLS_PEM_LABEL "P11TLS KEY URI"
+
+/* Why a TLS 1.0/1.1 handshake fails (its MD5-SHA1 PRF and signatures). libssl has
+ * already chosen the version when p11tls is asked, so the client gets internal_error;
+ * only the server's configuration can answer protocol_version. */
+#define P11TLS_OLD_TLS                                                                             \
+    "TLS 1.0 and 1.1 are refused (their MD5-SHA1 PRF and signatures are not run in the "           \
+    "token, and never in software); the peer negotiated one of them: allow only TLS 1.2 "          \
+    "and 1.3 (nginx: 'ssl_protocols TLSv1.2 TLSv1.3;') so that such clients get a "                \
+    "protocol_version alert"
 
 #endif

@@ -3,6 +3,7 @@
  * DigestInfo, or CKM_RSA_PKCS_PSS). Verification is a public operation and runs
  * in software on the key's public half. PKCS#1 v1.5 and PSS, SHA-1/224/256/384/512. */
 #include <string.h>
+#include <strings.h>
 #include <openssl/params.h>
 #include <openssl/rsa.h>
 #include "provider.h"
@@ -123,10 +124,11 @@ static int set_md(SIGCTX *c, EVP_MD **slot, const char *name)
 {
     EVP_MD *md = EVP_MD_fetch(c->prov->libctx, name, NULL);
     if (md == NULL || digest_index(md) < 0) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST,
-                       "p11tls: digest '%s' is not "
-                       "supported for RSA signatures",
-                       name);
+        if (strcasecmp(name, "MD5-SHA1") == 0)
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST, "p11tls: %s", P11TLS_OLD_TLS);
+        else
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_DIGEST,
+                           "p11tls: digest '%s' is not supported for RSA signatures", name);
         EVP_MD_free(md);
         return 0;
     }

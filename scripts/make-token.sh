@@ -24,7 +24,8 @@
 #                      (SOFTHSM2_CONF, P11_KIT_SERVER_ADDRESS); it never sets
 #                      OPENSSL_CONF.
 #   an RSA-2048 key pair in the token: label "p11tls-key", id 01 (private key
-#   sensitive and not extractable), made with p11tls-tool keygen.
+#   sensitive and not extractable), made with p11tls-tool keygen, and the
+#   handle-wrapping key p11tls needs (p11tls-tool provision).
 # When the p11tls provider is found (p11tls.so in $P11TLS_PROVIDER_DIR, else in
 # OpenSSL's MODULESDIR from `openssl version -m`), also:
 #   openssl.cnf        loads p11tls for this token (use with OPENSSL_CONF=...)
@@ -399,6 +400,9 @@ find_tool
 "$TOOL" keygen --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
   --pin-file "$PIN_FILE" --label "$KEY_LABEL" --id "$KEY_ID" --bits 2048 --if-missing ||
   die "key generation failed in token '$LABEL'"
+# The long-lived handle-wrapping key p11tls needs (it never creates it by itself).
+"$TOOL" provision --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
+  --pin-file "$PIN_FILE" >/dev/null || die "provisioning the handle key failed in token '$LABEL'"
 
 # ------------------------------------------------------------ env.sh
 write_env() {

@@ -1,7 +1,8 @@
 /* p11tls-tool - a small command for users and tests of p11tls. It uses the
  * token layer (pkcs11/p11.h) to generate the RSA key that p11tls serves TLS
- * with (keygen), to wrap a PKCS#11 key URI in a PEM file that OpenSSL can be
- * given as a key file (pem-uri), and to show what a token can do (info).
+ * with (keygen), to create the token's long-lived handle key (provision), to wrap
+ * a PKCS#11 key URI in a PEM file that OpenSSL can be given as a key file
+ * (pem-uri), and to show what a token can do (info).
  * It never prints a PIN. Exit codes: 0 success, 1 failure, 2 usage error. */
 #include <ctype.h>
 #include <errno.h>
@@ -32,11 +33,18 @@ static void usage(FILE *f)
                "      key (verify, encrypt, wrap), both with label L and id HEX.\n"
                "      Fails if a private key with that id or label exists, unless\n"
                "      --if-missing (or --force) is given: then it leaves it and exits 0.\n"
+               "  " PROG " provision --module M [--init-args A] --token-uri URI --pin-file F\n"
+               "         [--strategy auto|native|hmac]\n"
+               "      Creates the token's handle-wrapping key (an AES-256 token object that\n"
+               "      p11tls needs and never creates by itself) if it has none. Run it once\n"
+               "      per token, as the user that owns the token's storage; exits 0 if the\n"
+               "      key is there afterwards. --strategy: as the openssl.cnf option.\n"
                "  " PROG " pem-uri --uri URI --out FILE\n"
                "      Writes URI into FILE as a PEM block \"" PEM_LABEL "\" (no PIN allowed).\n"
                "  " PROG " info --module M [--init-args A] --token-uri URI [--pin-file F]\n"
                "      Prints the token's label, p11tls's assurance level and master-secret\n"
-               "      strategy on it, and what keeps it below `sealed`.\n"
+               "      strategy on it, what keeps it below `sealed`, and whether its handle\n"
+               "      key is provisioned.\n"
                "  " PROG " --help\n"
                "M is a PKCS#11 module path or p11-kit module name; A its C_Initialize\n"
                "reserved string (NSS softoken); errors come with OpenSSL's error queue.\n");
@@ -51,6 +59,7 @@ static void fail_report(const char *what)
 /* ------------------------------------------------------------ options */
 struct opts {
     const char *module, *init_args, *token_uri, *pin_file, *label, *id_hex, *uri, *out;
+    const char *strategy;
     unsigned long bits;
     int if_missing;
 };
@@ -66,6 +75,7 @@ enum {
     O_IF_MISSING,
     O_URI,
     O_OUT,
+    O_STRATEGY,
     O_HELP
 };
 
@@ -80,6 +90,7 @@ static const struct option long_opts[] = {{"module", required_argument, NULL, O_
                                           {"force", no_argument, NULL, O_IF_MISSING},
                                           {"uri", required_argument, NULL, O_URI},
                                           {"out", required_argument, NULL, O_OUT},
+                                          {"strategy", required_argument, NULL, O_STRATEGY},
                                           {"help", no_argument, NULL, O_HELP},
                                           {NULL, 0, NULL, 0}};
 
@@ -129,6 +140,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             break;
         case O_OUT:
             o->out = optarg;
+            break;
+        case O_STRATEGY:
+            o->strategy = optarg;
+            if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "native") != 0 &&
+                strcmp(optarg, "hmac") != 0) {
+                fprintf(stderr, PROG ": --strategy must be auto, native or hmac\n");
+                return EXIT_USAGE;
+            }
             break;
         case 'h':
         case O_HELP:
@@ -191,6 +210,10 @@ static p11_token *open_token(const struct opts *o, char *pin_source, size_t len)
     cfg.module = o->module;
     cfg.init_args = (o->init_args != NULL && *o->init_args != '\0') ? o->init_args : NULL;
     cfg.token_uri = o->token_uri;
+    if (o->strategy != NULL && strcmp(o->strategy, "native") == 0)
+        cfg.force_ms = P11_MS_NATIVE;
+    else if (o->strategy != NULL && strcmp(o->strategy, "hmac") == 0)
+        cfg.force_ms = P11_MS_HMAC;
     if (o->pin_file != NULL) {
         snprintf(pin_source, len, "file:%s", o->pin_file);
         cfg.pin_source = pin_source;
@@ -444,6 +467,13 @@ static int cmd_info(int argc, char **argv)
     printf("level: %s\n", p11_level_name(c->level));
     printf("ms-strategy: %s\n", p11_ms_strategy_name(c->ms));
     printf("missing: %s\n", c->missing[0] != '\0' ? c->missing : "(nothing)");
+    if (c->level != P11_LEVEL_NONE) {
+        int present = p11_tls_handle_key_present(t);
+        printf("handle-key: %s (%s)\n", p11_tls_handle_key_label(t),
+               present > 0    ? "present"
+               : present == 0 ? "missing: run p11tls-tool provision"
+                              : "lookup failed");
+    }
     printf("mechanisms:%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s\n", c->rsa_pkcs ? " rsa-pkcs" : "",
            c->rsa_pkcs_unwrap ? " rsa-pkcs-unwrap" : "", c->rsa_oaep ? " rsa-oaep" : "",
            c->rsa_pss ? " rsa-pss" : "", c->rsa_x509 ? " rsa-x509" : "",
@@ -454,6 +484,33 @@ static int cmd_info(int argc, char **argv)
            c->nss_prf_sha256 ? " nss-prf-sha256" : "", c->sp800_dp ? " sp800-108-dp" : "",
            (c->aes_ecb_wrap && c->aes_ecb_unwrap) ? " aes-ecb-wrap" : "",
            (c->aes_ecb_encrypt && c->aes_ecb_decrypt) ? " aes-ecb" : "");
+    p11_token_free(t);
+    return 0;
+}
+
+static int cmd_provision(int argc, char **argv)
+{
+    struct opts o;
+    char pin_source[4096 + 8];
+    p11_token *t;
+    int r, created = 0;
+
+    r = parse_opts(argc, argv, &o);
+    if (r != 0)
+        return r < 0 ? 0 : r;
+    if (!require(o.module, "--module") || !require(o.token_uri, "--token-uri") ||
+        !require(o.pin_file, "--pin-file"))
+        return EXIT_USAGE;
+    t = open_token(&o, pin_source, sizeof(pin_source));
+    if (t == NULL)
+        return 1;
+    if (!p11_tls_provision(t, &created)) {
+        fail_report("cannot provision the token");
+        p11_token_free(t);
+        return 1;
+    }
+    printf("token '%s': handle key '%s' %s\n", p11_token_label(t), p11_tls_handle_key_label(t),
+           created ? "created" : "already present (left as it is)");
     p11_token_free(t);
     return 0;
 }
@@ -477,6 +534,8 @@ int main(int argc, char **argv)
         return cmd_pem_uri(argc - 1, argv + 1);
     if (strcmp(cmd, "info") == 0)
         return cmd_info(argc - 1, argv + 1);
+    if (strcmp(cmd, "provision") == 0)
+        return cmd_provision(argc - 1, argv + 1);
     fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
     usage(stderr);
     return EXIT_USAGE;

@@ -393,9 +393,9 @@ static void remove_tmp_cnf(void)
         unlink(tmp_cnf[i]);
 }
 
-/* A copy of the token's openssl.cnf: without its default_properties line(s) when
- * keyonly; with `handle-cache-size = cache` when cache > 0; with `pkcs11-module =
- * module` when module is not NULL. */
+/* A copy of the token's openssl.cnf: without its default_properties line(s) and
+ * with `min-assurance = key-only` when keyonly; with `handle-cache-size = cache` when cache > 0;
+ * with `pkcs11-module = module` when module is not NULL. */
 static const char *derived_cnf(const char *cnf, int keyonly, int cache, const char *module)
 {
     char *path;
@@ -418,6 +418,12 @@ static const char *derived_cnf(const char *cnf, int keyonly, int cache, const ch
         while (*p == ' ' || *p == '\t')
             p++;
         if (keyonly && strncmp(p, "default_properties", 18) == 0) {
+            changed++;
+            continue;
+        }
+        if (keyonly && strncmp(p, "min-assurance", 13) == 0) {
+            /* without default_properties p11tls is usable only when told so */
+            fputs("min-assurance = key-only\n", o);
             changed++;
             continue;
         }

@@ -91,7 +91,8 @@ static int contains(const char *hay, const unsigned char *needle, size_t n)
 static void check_pin(p11_pin *p, const char *err, const unsigned char *want, size_t wlen,
                       const char *src)
 {
-    if (wlen > PIN_MAX) {
+    if (wlen > PIN_MAX || wlen == 0) {
+        /* too long, or empty (an empty PIN would spend one of the token's tries) */
         FZ_CHECK(p == NULL, "%s: a PIN of %zu bytes accepted (as %zu bytes)", src, wlen,
                  p ? p11_pin_len(p) : 0);
     } else {

@@ -14,8 +14,11 @@
  * again; sessions opened before the outage may still be valid there (the shim does
  * not end them), which is the caller's business to find out.
  * The file is looked up at each call (one access(2)): removing or creating it
- * takes effect at once in every process using the shim. */
+ * takes effect at once in every process using the shim.
+ * Also: P11SHIM_TOKEN_FLAGS adds token flags, P11SHIM_LOGIN_LOG counts logins
+ * (see below). */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +69,21 @@ PASS(C_Finalize, (void *r), (r))
 PASS(C_GetInfo, (CK_INFO_PTR i), (i))
 SHIM(C_GetSlotList, (CK_BBOOL p, CK_SLOT_ID_PTR l, ULP n), (p, l, n))
 SHIM(C_GetSlotInfo, (CK_SLOT_ID s, CK_SLOT_INFO_PTR i), (s, i))
-SHIM(C_GetTokenInfo, (CK_SLOT_ID s, CK_TOKEN_INFO_PTR i), (s, i))
+/* P11SHIM_TOKEN_FLAGS (a number, e.g. 0x20000 = CKF_USER_PIN_FINAL_TRY): OR'ed into
+ * the token's flags, so that a test can show a token about to lock its PIN. */
+static CK_RV shim_C_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR i)
+{
+    const char *f = getenv("P11SHIM_TOKEN_FLAGS");
+    CK_RV rv;
+    if (real == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (failing())
+        return CKR_DEVICE_REMOVED;
+    rv = real->C_GetTokenInfo(s, i);
+    if (rv == CKR_OK && f != NULL && *f != '\0')
+        i->flags |= (CK_FLAGS)strtoul(f, NULL, 0);
+    return rv;
+}
 SHIM(C_GetMechanismList, (CK_SLOT_ID s, CK_MECHANISM_TYPE_PTR l, ULP n), (s, l, n))
 SHIM(C_GetMechanismInfo, (CK_SLOT_ID s, CK_MECHANISM_TYPE t, CK_MECHANISM_INFO_PTR i), (s, t, i))
 SHIM(C_InitToken, (CK_SLOT_ID s, BP p, UL pl, BP l), (s, p, pl, l))
@@ -79,7 +96,24 @@ SHIM(C_CloseAllSessions, (CK_SLOT_ID s), (s))
 SHIM(C_GetSessionInfo, (SH h, CK_SESSION_INFO_PTR i), (h, i))
 SHIM(C_GetOperationState, (SH h, BP s, ULP sl), (h, s, sl))
 SHIM(C_SetOperationState, (SH h, BP s, UL sl, OH e, OH a), (h, s, sl, e, a))
-SHIM(C_Login, (SH h, CK_USER_TYPE u, BP p, UL pl), (h, u, p, pl))
+/* P11SHIM_LOGIN_LOG: a file that gets one line per C_Login that reaches the shim
+ * (never the PIN): tests count the login attempts a command made. */
+static CK_RV shim_C_Login(SH h, CK_USER_TYPE u, BP p, UL pl)
+{
+    const char *log = getenv("P11SHIM_LOGIN_LOG");
+    if (real == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (log != NULL && *log != '\0') {
+        int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            (void)!write(fd, "C_Login\n", 8);
+            close(fd);
+        }
+    }
+    if (failing())
+        return CKR_DEVICE_REMOVED;
+    return real->C_Login(h, u, p, pl);
+}
 SHIM(C_Logout, (SH h), (h))
 SHIM(C_CreateObject, (SH h, AP t, UL n, CK_OBJECT_HANDLE_PTR o), (h, t, n, o))
 SHIM(C_CopyObject, (SH h, OH o, AP t, UL n, CK_OBJECT_HANDLE_PTR no), (h, o, t, n, no))

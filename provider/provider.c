@@ -37,6 +37,10 @@ static const OSSL_ALGORITHM p11tls_store[] = {ALG("pkcs11", p11tls_store_functio
 static const OSSL_ALGORITHM p11tls_decoder[] = {
     {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=" P11TLS_NAME ",input=pem",
      p11tls_pem_uri_decoder_functions, NULL},
+    /* key files through OpenSSL 3.0's file: store (decoder_uri_der.c) */
+    {"DER", "provider=" P11TLS_NAME ",input=pem", p11tls_uri_pem2der_functions, NULL},
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+     "provider=" P11TLS_NAME ",input=der,structure=pk11-uri", p11tls_uri_der2key_functions, NULL},
     {NULL, NULL, NULL, NULL}};
 
 static const OSSL_ALGORITHM *p11tls_query(void *provctx, int op, int *no_cache)

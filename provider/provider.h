@@ -80,6 +80,8 @@ extern const OSSL_DISPATCH p11tls_rsa_asym_cipher_functions[];
 extern const OSSL_DISPATCH p11tls_tls1_prf_functions[];
 extern const OSSL_DISPATCH p11tls_store_functions[];
 extern const OSSL_DISPATCH p11tls_pem_uri_decoder_functions[];
+extern const OSSL_DISPATCH p11tls_uri_pem2der_functions[];
+extern const OSSL_DISPATCH p11tls_uri_der2key_functions[];
 
 #define P11TLS_PEM_LABEL "P11TLS KEY URI"
 

@@ -10,7 +10,9 @@
 # rsa_pss_rsae_sha384. Each handshake must complete with the certificate
 # verified, the requested signature type and digest, and the HTTP page served.
 # Also: `openssl pkey -pubout` on the key URI under the provider config prints
-# the certificate's public key.
+# the certificate's public key; and the key files (p11tls's key.pem, "P11TLS KEY
+# URI", and pkcs11-provider's "PKCS#11 PROVIDER URI" file for the same key) work
+# in `openssl pkey -in`, `openssl req -key` and `openssl s_server -key`.
 # Prints "N passed, M failed" last; exits 1 on any failure.
 set -euo pipefail
 
@@ -52,8 +54,10 @@ listening() {
   fi
 }
 
-# Starts s_server on a free random port (127.0.0.1 only): sets PORT, SERVER_PID.
+# Starts s_server on a free random port (127.0.0.1 only) with the key KEY (default:
+# the key's URI): sets PORT, SERVER_PID.
 start_server() {
+  local key=${KEY:-$P11TLS_KEY_URI}
   local _attempt _i log=$WORK/server.log
   for _attempt in 1 2 3 4 5 6 7 8 9 10; do
     PORT=$((20000 + (RANDOM * 32768 + RANDOM) % 40001))
@@ -61,7 +65,7 @@ start_server() {
     # under timeout(1): the server cannot outlive a test runner that kills this
     # script with SIGKILL; killing timeout's PID passes the signal on to s_server.
     OPENSSL_CONF=$P11TLS_OPENSSL_CNF timeout -k 5 300 openssl s_server \
-      -accept "127.0.0.1:$PORT" -key "$P11TLS_KEY_URI" -cert "$P11TLS_CERT" -tls1_2 -www \
+      -accept "127.0.0.1:$PORT" -key "$key" -cert "$P11TLS_CERT" -tls1_2 -www \
       </dev/null >"$log" 2>&1 &
     SERVER_PID=$!
     for _i in $(seq 1 100); do # up to 10 s
@@ -132,6 +136,48 @@ else
   not_ok "openssl pkey -in \$P11TLS_KEY_URI -pubout equals the certificate's public key"
   sed 's/^/#   /' "$WORK/pkey.err" "$key_pub"
 fi
+
+# ------------------------------------------------------------------ key files
+# pkcs11-provider's URI file for the same key: PEM "PKCS#11 PROVIDER URI" over
+# DER SEQUENCE { VisibleString "PKCS#11 Provider URI v1.0", UTF8String uri }.
+printf 'asn1 = SEQUENCE:seq\n[seq]\ndesc = VISIBLESTRING:PKCS\\#11 Provider URI v1.0\nuri = UTF8:%s\n' \
+  "$P11TLS_KEY_URI" >"$WORK/pk11.conf"
+env -u OPENSSL_CONF openssl asn1parse -genconf "$WORK/pk11.conf" -out "$WORK/pk11.der" -noout
+{
+  echo "-----BEGIN PKCS#11 PROVIDER URI-----"
+  base64 -w 64 "$WORK/pk11.der"
+  echo "-----END PKCS#11 PROVIDER URI-----"
+} >"$WORK/pk11-key.pem"
+check "the pkcs11-provider file holds its description" \
+  grep -q "PKCS#11 Provider URI v1.0" <(env -u OPENSSL_CONF openssl asn1parse -inform DER -in "$WORK/pk11.der")
+for keyfile in "${P11TLS_KEY_PEM:?}" "$WORK/pk11-key.pem"; do
+  what=$(basename "$keyfile")
+  if OPENSSL_CONF=$P11TLS_OPENSSL_CNF openssl pkey -in "$keyfile" -pubout >"$WORK/file.pub" \
+    2>"$WORK/pkey.err" && cmp -s "$WORK/file.pub" "$cert_pub"; then
+    ok "$what: openssl pkey -in FILE -pubout equals the certificate's public key"
+  else
+    not_ok "$what: openssl pkey -in FILE -pubout equals the certificate's public key"
+    sed 's/^/#   /' "$WORK/pkey.err"
+  fi
+  if OPENSSL_CONF=$P11TLS_OPENSSL_CNF openssl req -new -key "$keyfile" -subj /CN=p11tls-test \
+    -out "$WORK/file.csr" 2>"$WORK/req.err" &&
+    env -u OPENSSL_CONF openssl req -in "$WORK/file.csr" -verify -noout 2>&1 | grep -q 'verify OK' &&
+    cmp -s <(env -u OPENSSL_CONF openssl req -in "$WORK/file.csr" -pubkey -noout) "$cert_pub"; then
+    ok "$what: openssl req -key FILE signs a request with the token key"
+  else
+    not_ok "$what: openssl req -key FILE signs a request with the token key"
+    sed 's/^/#   /' "$WORK/req.err"
+  fi
+  if KEY=$keyfile start_server; then
+    ok "$what: openssl s_server -key FILE starts"
+    handshake RSA+SHA256 RSA SHA256
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=''
+  else
+    not_ok "$what: openssl s_server -key FILE starts"
+  fi
+done
 
 # --------------------------------------------------------------- handshakes
 if start_server; then

@@ -16,6 +16,7 @@ PKGS=(
   libcunit1-dev
   nginx curl gnutls-bin
   gdb procps psmisc iproute2
+  man-db groff-base
   clang libclang-rt-14-dev llvm
 )
 apt-get update -q

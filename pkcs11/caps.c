@@ -32,6 +32,18 @@ int p11_level_parse(const char *s, p11_level *out)
     return 1;
 }
 
+const char *p11_tls13_strategy_name(p11_ms_strategy s)
+{
+    switch (s) {
+    case P11_MS_NATIVE:
+        return "HKDF mechanisms";
+    case P11_MS_HMAC:
+        return "HMAC sign";
+    default:
+        return "none";
+    }
+}
+
 const char *p11_ms_strategy_name(p11_ms_strategy s)
 {
     switch (s) {
@@ -88,6 +100,13 @@ static int probe(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, CK_MECHANISM_TYPE
     P11_PRF_DATA_PARAM dp[2] = {{P11_SP800_108_ITERATION_VARIABLE, NULL, 0},
                                 {P11_SP800_108_BYTE_ARRAY, rnd, 32}};
     P11_SP800_108_KDF_PARAMS kp = {CKM_SHA256_HMAC, 2, dp, 0, NULL};
+    /* HKDF-Extract with a data salt, then Expand: what TLS 1.3 asks of a token */
+    P11_HKDF_PARAMS hp = {CK_TRUE,           CK_TRUE,  CKM_SHA256, P11_CKF_HKDF_SALT_DATA, rnd, 32,
+                          CK_INVALID_HANDLE, rnd + 32, 16};
+    CK_OBJECT_CLASS data_cls = CKO_DATA;
+    CK_ATTRIBUTE dt[] = {{CKA_CLASS, &data_cls, sizeof(data_cls)},
+                         {CKA_TOKEN, &no, sizeof(no)},
+                         {CKA_VALUE_LEN, &len, sizeof(len)}};
     CK_MECHANISM mech = {m, NULL, 0};
     CK_ULONG siglen = sizeof(sig);
     CK_RV rv;
@@ -115,15 +134,32 @@ static int probe(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, CK_MECHANISM_TYPE
         mech.pParameter = &kp;
         mech.ulParameterLen = sizeof(kp);
         break;
+    case P11_CKM_HKDF_DERIVE:
+    case P11_CKM_HKDF_DATA:
+        mech.pParameter = &hp;
+        mech.ulParameterLen = sizeof(hp);
+        break;
     }
     if (m == P11_CKM_NSS_TLS_PRF_GENERAL_SHA256) {
         rv = P11_CALL(fl, C_SignInit, h, &mech, base);
         if (rv == CKR_OK)
             rv = P11_CALL(fl, C_Sign, h, rnd, 32, sig, &siglen);
+    } else if (m == P11_CKM_HKDF_DATA) {
+        /* a readable data object (key and IV exports) */
+        unsigned char v[48];
+        CK_ATTRIBUTE va = {CKA_VALUE, v, sizeof(v)};
+        rv = P11_CALL(fl, C_DeriveKey, h, &mech, base, dt, 3, &out);
+        if (rv == CKR_OK) {
+            rv = P11_CALL(fl, C_GetAttributeValue, h, out, &va, 1);
+            if (rv == CKR_OK && va.ulValueLen != 48)
+                rv = CKR_FUNCTION_FAILED;
+            (void)P11_CALL(fl, C_DestroyObject, h, out);
+        }
     } else {
         /* sensitive, 48 bytes: the shape of a master secret */
-        rv = P11_CALL(fl, C_DeriveKey, h, &mech, base, t,
-                      m == P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF ? 8 : 7, &out);
+        rv = P11_CALL(
+            fl, C_DeriveKey, h, &mech, base, t,
+            m == P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF || m == P11_CKM_HKDF_DERIVE ? 8 : 7, &out);
         if (rv == CKR_OK)
             (void)P11_CALL(fl, C_DestroyObject, h, out);
     }
@@ -176,6 +212,8 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
         c->std_ems_dh = c->std_ems_dh || probe(fl, h, P11_CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE_DH);
         c->nss_prf_sha256 = c->nss_prf_sha256 || probe(fl, h, P11_CKM_NSS_TLS_PRF_GENERAL_SHA256);
         c->sp800_dp = c->sp800_dp || probe(fl, h, P11_CKM_SP800_108_DOUBLE_PIPELINE_KDF);
+        c->hkdf_derive = probe(fl, h, P11_CKM_HKDF_DERIVE);
+        c->hkdf_data = c->hkdf_derive && probe(fl, h, P11_CKM_HKDF_DATA);
     }
     c->aes_ecb_wrap = has_flag(fl, slot, l, n, CKM_AES_ECB, CKF_WRAP);
     c->aes_ecb_unwrap = has_flag(fl, slot, l, n, CKM_AES_ECB, CKF_UNWRAP);
@@ -212,6 +250,14 @@ void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE 
     c->level = c->ms == P11_MS_NONE   ? P11_LEVEL_NONE
                : c->ms == P11_MS_HMAC ? P11_LEVEL_TRANSIENT
                                       : P11_LEVEL_SEALED;
+    /* TLS 1.3 uses the same handle key: in the token with HKDF where the handles are
+     * wrapped (sealed), by HMAC where they are encrypted (transient). */
+    c->tls13 = c->ms == P11_MS_HMAC                                     ? P11_MS_HMAC
+               : c->ms != P11_MS_NONE && c->hkdf_derive && c->hkdf_data ? P11_MS_NATIVE
+                                                                        : P11_MS_NONE;
+    c->level13 = c->tls13 == P11_MS_NATIVE ? P11_LEVEL_SEALED
+                 : c->tls13 == P11_MS_HMAC ? P11_LEVEL_TRANSIENT
+                                           : P11_LEVEL_NONE;
 
 #define MISSING(cond, text)                                                                        \
     do {                                                                                           \

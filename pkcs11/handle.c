@@ -233,19 +233,20 @@ const char *p11_tls_handle_key_label(const p11_token *t)
     return wrap_label(t);
 }
 
-/* Master-secret object -> handle. Sealed tokens wrap it with AES-ECB. At
- * `transient` the handle is AES-CBC (zero IV) of the secret: wrapped by the token
- * where it can (the secret does not go back into the token a second time), else
- * chained here over AES-ECB blocks (ms: the bytes, the instant they exist). */
-CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,
-                      unsigned char handle[48])
+/* Secret object of n bytes (32 or 48) -> handle of n bytes. Sealed tokens wrap it
+ * with AES-ECB. At `transient` the handle is AES-CBC (zero IV) of the secret:
+ * wrapped by the token where it can (the secret does not go back into the token a
+ * second time), else chained here over AES-ECB blocks (ms: the bytes, the instant
+ * they exist). */
+CK_RV p11_handle_make_n(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms, size_t n,
+                        unsigned char *handle)
 {
     CK_OBJECT_HANDLE k;
     CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
     unsigned char iv[16] = {0}, buf[96];
     CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
     CK_ULONG len = sizeof(buf);
-    CK_RV rv = p11_handle_key(s, &k);
+    CK_RV rv = (n == 32 || n == 48) ? p11_handle_key(s, &k) : CKR_ARGUMENTS_BAD;
 
     if (rv != CKR_OK)
         return rv;
@@ -255,7 +256,7 @@ CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned ch
         rv = P11_CALL(s->fl, C_WrapKey, s->h, &cbc, k, ms_obj, buf, &len);
     } else {
         CK_RV irv = rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
-        for (int i = 0; rv == CKR_OK && i < 3; i++) {
+        for (size_t i = 0; rv == CKR_OK && i < n / 16; i++) {
             unsigned char blk[16];
             CK_ULONG bl = 16;
             for (int j = 0; j < 16; j++)
@@ -272,24 +273,31 @@ CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned ch
             if (rv == CKR_OK)
                 rv = frv;
         }
-        len = 48;
+        len = n;
     }
-    if (rv == CKR_OK && len != 48)
+    if (rv == CKR_OK && len != n)
         rv = CKR_WRAPPED_KEY_LEN_RANGE;
     if (rv == CKR_OK)
-        memcpy(handle, buf, 48);
+        memcpy(handle, buf, n);
     return rv;
 }
 
-/* Handle -> a new master-secret object (registry miss: another process, a
+CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE ms_obj, const unsigned char *ms,
+                      unsigned char handle[48])
+{
+    return p11_handle_make_n(s, ms_obj, ms, 48, handle);
+}
+
+/* Handle of n bytes -> a new secret object (registry miss: another process, a
  * restart, an evicted entry), made in s (a generation's session). A failure may
  * still leave an object in *ms: the caller's to account for. */
-CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *ms)
+CK_RV p11_handle_resolve_n(p11_session *s, const unsigned char *handle, size_t n,
+                           CK_OBJECT_HANDLE *ms)
 {
     CK_OBJECT_HANDLE k;
     CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
-    CK_ULONG vlen = 48;
-    CK_RV rv = p11_handle_key(s, &k);
+    CK_ULONG vlen = n;
+    CK_RV rv = (n == 32 || n == 48) ? p11_handle_key(s, &k) : CKR_ARGUMENTS_BAD;
 
     if (rv != CKR_OK)
         return rv;
@@ -298,26 +306,18 @@ CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJE
                                                      {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
         CK_ULONG got = 0;
         CK_ATTRIBUTE a = {CKA_VALUE_LEN, &got, sizeof(got)};
-        rv = P11_CALL(s->fl, C_UnwrapKey, s->h, &ecb, k, (CK_BYTE_PTR)handle, 48, t,
+        rv = P11_CALL(s->fl, C_UnwrapKey, s->h, &ecb, k, (CK_BYTE_PTR)handle, n, t,
                       P11_SECRET_TEMPLATE_N + 1, ms);
-        /* Some tokens silently accept a wrong length: insist on 48. */
+        /* Some tokens silently accept a wrong length: insist on n. */
         if (rv == CKR_OK &&
-            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != 48))
+            (P11_CALL(s->fl, C_GetAttributeValue, s->h, *ms, &a, 1) != CKR_OK || got != n))
             rv = CKR_WRAPPED_KEY_INVALID;
         return rv;
     } else {
         unsigned char buf[64];
-        CK_ULONG len = sizeof(buf);
         CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                     {CKA_VALUE, buf, 48}};
-        rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
-        if (rv == CKR_OK) {
-            rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, 48, buf, &len);
-        }
-        if (rv == CKR_OK && len != 48)
-            rv = CKR_WRAPPED_KEY_INVALID;
-        for (int i = 47; rv == CKR_OK && i >= 16; i--) /* CBC: P(i) = D(C(i)) ^ C(i-1) */
-            buf[i] ^= handle[i - 16];
+                                                     {CKA_VALUE, buf, n}};
+        rv = p11_handle_open_n(s, handle, n, buf);
         if (rv == CKR_OK)
             rv = P11_CALL(s->fl, C_CreateObject, s->h, t, P11_SECRET_TEMPLATE_N + 1, ms);
         OPENSSL_cleanse(buf, sizeof(buf));
@@ -325,4 +325,33 @@ CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJE
             p11_scrub_heap(); /* the secret went through the module's buffers */
         return rv;
     }
+}
+
+/* transient only: the secret behind a handle of n bytes, decrypted into buf (its
+ * bytes pass through this memory at that level anyway). */
+CK_RV p11_handle_open_n(p11_session *s, const unsigned char *handle, size_t n, unsigned char *buf)
+{
+    CK_OBJECT_HANDLE k;
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    unsigned char tmp[64];
+    CK_ULONG len = sizeof(tmp);
+    CK_RV rv = (n == 32 || n == 48) && s->tok->caps.ms == P11_MS_HMAC ? p11_handle_key(s, &k)
+                                                                      : CKR_ARGUMENTS_BAD;
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_DecryptInit, s->h, &ecb, k);
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_Decrypt, s->h, (CK_BYTE_PTR)handle, n, tmp, &len);
+    if (rv == CKR_OK && len != n)
+        rv = CKR_WRAPPED_KEY_INVALID;
+    for (int i = (int)n - 1; rv == CKR_OK && i >= 16; i--) /* CBC: P(i) = D(C(i)) ^ C(i-1) */
+        tmp[i] ^= handle[i - 16];
+    if (rv == CKR_OK)
+        memcpy(buf, tmp, n);
+    OPENSSL_cleanse(tmp, sizeof(tmp));
+    return rv;
+}
+
+CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *ms)
+{
+    return p11_handle_resolve_n(s, handle, 48, ms);
 }

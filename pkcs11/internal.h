@@ -100,6 +100,13 @@ CK_RV p11_handle_make(p11_session *s, CK_OBJECT_HANDLE obj, const unsigned char 
                       unsigned char handle[48]);
 /* Handle -> a new secret object made in s. A failure may still leave an object in *obj. */
 CK_RV p11_handle_resolve(p11_session *s, const unsigned char handle[48], CK_OBJECT_HANDLE *obj);
+/* The same for secrets of n bytes (32 or 48: TLS 1.3's SHA-256 and SHA-384 secrets). */
+CK_RV p11_handle_make_n(p11_session *s, CK_OBJECT_HANDLE obj, const unsigned char *value, size_t n,
+                        unsigned char *handle);
+CK_RV p11_handle_resolve_n(p11_session *s, const unsigned char *handle, size_t n,
+                           CK_OBJECT_HANDLE *obj);
+/* transient: the secret's bytes (n of them) behind a handle. */
+CK_RV p11_handle_open_n(p11_session *s, const unsigned char *handle, size_t n, unsigned char *buf);
 
 /* hmac.c: HMAC by the token, and TLS 1.2's P_hash from it */
 CK_MECHANISM_TYPE p11_hmac_mech(p11_prf_hash h);
@@ -162,6 +169,8 @@ int p11_registry_put(p11_registry *r, p11_session *s, const unsigned char key[48
 int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long epoch, int take,
                      p11_reg_value *out, void **ref);
 void p11_registry_release(p11_registry *r, p11_session *s, void *ref);
+/* 1 if a live entry of this epoch has key (no pin). */
+int p11_registry_has(p11_registry *r, const unsigned char key[48], unsigned long epoch);
 unsigned long p11_registry_count(p11_registry *r);
 /* A session was lost (and closed): its objects are gone; forget their entries. */
 void p11_registry_forget_session(p11_registry *r, CK_SESSION_HANDLE h);

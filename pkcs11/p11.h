@@ -109,13 +109,19 @@ typedef struct {
     /* transient: the HMAC-key check refuses a 47-byte secret (SoftHSM2's SHA-384 HMAC),
      * so with len_wrap_mech a secret's length is checked exactly without reading it */
     int hmac_refuses_47;
+    int hkdf_derive, hkdf_data; /* CKM_HKDF_DERIVE / CKM_HKDF_DATA (PKCS#11 3.0) verified */
     p11_ms_strategy ms;
     p11_level level;
+    /* TLS 1.3's key schedule: P11_MS_NATIVE (HKDF mechanisms, handles wrapped as at
+     * `sealed`), P11_MS_HMAC (HMAC sign, `transient`), or P11_MS_NONE */
+    p11_ms_strategy tls13;
+    p11_level level13;
     char missing[256]; /* what keeps this token below `sealed` */
 } p11_caps;
 const char *p11_level_name(p11_level l);
 int p11_level_parse(const char *s, p11_level *out);
 const char *p11_ms_strategy_name(p11_ms_strategy s);
+const char *p11_tls13_strategy_name(p11_ms_strategy s);
 
 /* ---------------------------------------------------------------- token */
 typedef struct {
@@ -210,6 +216,26 @@ int p11_tls_provision(p11_token *t, int *created);
 const char *p11_tls_handle_key_label(const p11_token *t);
 /* 1: the handle key is in the token; 0: it is not; -1: the lookup failed. */
 int p11_tls_handle_key_present(p11_token *t);
+/* -------------------------------------------------------------- TLS 1.3 */
+/* Secrets are handles of hashlen bytes (32: SHA-256, 48: SHA-384). */
+/* HKDF-Extract(salt, IKM) -> a new secret's handle in out. salt: Expand-Label(prev,
+ * dinfo) (dinfo: the HkdfLabel of "derived") when prev is a handle, else none (the
+ * early secret). ikm: bytes (an (EC)DHE secret), or a PSK handle (ikm_is_handle,
+ * early secret only), or NULL (zeros). */
+int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
+                      const unsigned char *dinfo, size_t dilen, const unsigned char *ikm,
+                      size_t ikmlen, int ikm_is_handle, unsigned char *out);
+/* HKDF-Expand(secret, info, outlen): as_handle: a new secret (outlen = hashlen), its
+ * handle in out; else the output itself (keys, IVs, exporters), at most hashlen. */
+int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
+                     const unsigned char *info, size_t infolen, int as_handle, unsigned char *out,
+                     size_t outlen);
+/* HMAC(secret behind key, data) -> out (hashlen bytes): Finished, PSK binders. */
+int p11_tls13_hmac(p11_token *t, p11_prf_hash h, const unsigned char *key,
+                   const unsigned char *data, size_t datalen, unsigned char *out);
+/* 1 if key (n bytes) is a TLS 1.3 handle this process holds (cached). */
+int p11_tls13_known(p11_token *t, const unsigned char *key, size_t n);
+
 /* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
 unsigned long p11_tls_live_objects(p11_token *t);
 

@@ -70,4 +70,22 @@ typedef struct {
     void *pAdditionalDerivedKeys;
 } P11_SP800_108_KDF_PARAMS;
 
+/* PKCS#11 3.0 HKDF (not in Debian 12's p11-kit pkcs11.h, which is 2.40) */
+#define P11_CKM_HKDF_DERIVE 0x0000402AUL
+#define P11_CKM_HKDF_DATA 0x0000402BUL
+#define P11_CKF_HKDF_SALT_NULL 0x00000001UL
+#define P11_CKF_HKDF_SALT_DATA 0x00000002UL
+#define P11_CKF_HKDF_SALT_KEY 0x00000004UL
+typedef struct {
+    CK_BBOOL bExtract;
+    CK_BBOOL bExpand;
+    CK_MECHANISM_TYPE prfHashMechanism;
+    CK_ULONG ulSaltType;
+    CK_BYTE_PTR pSalt;
+    CK_ULONG ulSaltLen;
+    CK_OBJECT_HANDLE hSaltKey;
+    CK_BYTE_PTR pInfo;
+    CK_ULONG ulInfoLen;
+} P11_HKDF_PARAMS;
+
 #endif

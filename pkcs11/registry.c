@@ -476,6 +476,20 @@ int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long
     return found;
 }
 
+int p11_registry_has(p11_registry *r, const unsigned char key[48], unsigned long epoch)
+{
+    node *n;
+    int found;
+    time_t now = time(NULL);
+    pthread_mutex_lock(&r->lock);
+    for (n = r->buckets[bucket_of(r, key)]; n != NULL; n = n->hnext)
+        if (CRYPTO_memcmp(n->key, key, 48) == 0)
+            break;
+    found = n != NULL && n->epoch == epoch && now - n->born < (time_t)r->lifetime;
+    pthread_mutex_unlock(&r->lock);
+    return found;
+}
+
 void p11_registry_release(p11_registry *r, p11_session *s, void *ref)
 {
     doomed d = {.n = 0, .nf = 0, .nc = 0};

@@ -31,6 +31,9 @@ static const OSSL_ALGORITHM p11tls_asym_cipher[] = {
     ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_asym_cipher_functions),
     {NULL, NULL, NULL, NULL}};
 static const OSSL_ALGORITHM p11tls_kdf[] = {ALG("TLS1-PRF", p11tls_tls1_prf_functions),
+                                            ALG("TLS13-KDF", p11tls_tls13_kdf_functions),
+                                            {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_mac[] = {ALG("HMAC", p11tls_hmac_functions),
                                             {NULL, NULL, NULL, NULL}};
 static const OSSL_ALGORITHM p11tls_store[] = {ALG("pkcs11", p11tls_store_functions),
                                               {NULL, NULL, NULL, NULL}};
@@ -55,6 +58,8 @@ static const OSSL_ALGORITHM *p11tls_query(void *provctx, int op, int *no_cache)
         return p11tls_asym_cipher;
     case OSSL_OP_KDF:
         return p11tls_kdf;
+    case OSSL_OP_MAC:
+        return p11tls_mac;
     case OSSL_OP_STORE:
         return p11tls_store;
     case OSSL_OP_DECODER:
@@ -318,8 +323,9 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                  "computed outside the token; the token offers assurance %s)",
                  p11_token_label(prov->token), p11_level_name(caps->level));
     else
-        set_name(prov, "p11tls: token '%s', assurance %s (%s)", p11_token_label(prov->token),
-                 p11_level_name(caps->level), p11_ms_strategy_name(caps->ms));
+        set_name(prov, "p11tls: token '%s', assurance %s (TLS 1.2: %s; TLS 1.3: %s)",
+                 p11_token_label(prov->token), p11_level_name(caps->level),
+                 p11_ms_strategy_name(caps->ms), p11_tls13_strategy_name(caps->tls13));
     /* Public-key operations and digests run in a library context of our own
      * holding only the default provider: no way back into p11tls from there. */
     prov->libctx = OSSL_LIB_CTX_new();

@@ -78,6 +78,8 @@ extern const OSSL_DISPATCH p11tls_rsa_keymgmt_functions[];
 extern const OSSL_DISPATCH p11tls_rsa_signature_functions[];
 extern const OSSL_DISPATCH p11tls_rsa_asym_cipher_functions[];
 extern const OSSL_DISPATCH p11tls_tls1_prf_functions[];
+extern const OSSL_DISPATCH p11tls_tls13_kdf_functions[];
+extern const OSSL_DISPATCH p11tls_hmac_functions[];
 extern const OSSL_DISPATCH p11tls_store_functions[];
 extern const OSSL_DISPATCH p11tls_pem_uri_decoder_functions[];
 extern const OSSL_DISPATCH p11tls_uri_pem2der_functions[];

@@ -13,33 +13,42 @@
  * yet while OpenSSL reads its configuration. */
 #include <stdio.h>
 #include <string.h>
+#include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/provider.h>
 #include "provider.h"
 
 #define NOT_USABLE "p11tls: NOT USABLE: "
 
-/* The TLS operations libssl fetches by name that p11tls must serve. */
-static const char *const fetched[] = {"TLS1-PRF"};
+/* The TLS operations libssl fetches by name that p11tls must serve: KDFs, and the
+ * MAC of TLS 1.3's Finished and binders. */
+static const struct {
+    const char *name;
+    int mac;
+} fetched[] = {{"TLS1-PRF", 0}, {"TLS13-KDF", 0}, {"HMAC", 1}};
 
-/* 1 if p11tls serves name in the application's context; else 0 with *winner set. */
-static int ours(P11TLS_PROV *prov, const char *name, const char **winner)
+/* 1 if p11tls serves it in the application's context; else 0 with *winner set. */
+static int ours(P11TLS_PROV *prov, const char *name, int mac, const char **winner)
 {
-    EVP_KDF *k;
-    const OSSL_PROVIDER *p;
+    EVP_KDF *k = NULL;
+    EVP_MAC *m = NULL;
+    const OSSL_PROVIDER *p = NULL;
     int ok;
 
     ERR_set_mark();
-    k = EVP_KDF_fetch(prov->app_libctx, name, NULL);
+    if (mac)
+        m = EVP_MAC_fetch(prov->app_libctx, name, NULL);
+    else
+        k = EVP_KDF_fetch(prov->app_libctx, name, NULL);
     ERR_pop_to_mark();
-    if (k == NULL) {
-        *winner = "(none)";
-        return 0;
-    }
-    p = EVP_KDF_get0_provider(k);
+    if (k != NULL)
+        p = EVP_KDF_get0_provider(k);
+    else if (m != NULL)
+        p = EVP_MAC_get0_provider(m);
     ok = p != NULL && OSSL_PROVIDER_get0_provider_ctx(p) == prov;
     *winner = p != NULL ? OSSL_PROVIDER_get0_name(p) : "(none)";
     EVP_KDF_free(k);
+    EVP_MAC_free(m);
     return ok;
 }
 
@@ -51,8 +60,8 @@ int p11tls_routing_ok(P11TLS_PROV *prov)
     if (__atomic_load_n(&prov->routing, __ATOMIC_ACQUIRE) == 1)
         return 1;
     for (size_t i = 0; i < sizeof(fetched) / sizeof(fetched[0]); i++) {
-        if (!ours(prov, fetched[i], &winner)) {
-            name = fetched[i];
+        if (!ours(prov, fetched[i].name, fetched[i].mac, &winner)) {
+            name = fetched[i].name;
             break;
         }
     }

@@ -43,8 +43,8 @@ static void usage(FILE *f)
                "      Writes URI into FILE as a PEM block \"" PEM_LABEL "\" (no PIN allowed).\n"
                "  " PROG " info --module M [--init-args A] --token-uri URI [--pin-file F]\n"
                "      Prints the token's label, p11tls's assurance level and master-secret\n"
-               "      strategy on it, what keeps it below `sealed`, and whether its handle\n"
-               "      key is provisioned.\n"
+               "      strategy on it (TLS 1.2, then TLS 1.3), what keeps it below `sealed`,\n"
+               "      and whether its handle key is provisioned.\n"
                "  " PROG " --help\n"
                "M is a PKCS#11 module path or p11-kit module name; A its C_Initialize\n"
                "reserved string (NSS softoken); errors come with OpenSSL's error queue.\n");
@@ -466,6 +466,7 @@ static int cmd_info(int argc, char **argv)
     printf("token: %s\n", p11_token_label(t));
     printf("level: %s\n", p11_level_name(c->level));
     printf("ms-strategy: %s\n", p11_ms_strategy_name(c->ms));
+    printf("tls13: %s (%s)\n", p11_level_name(c->level13), p11_tls13_strategy_name(c->tls13));
     printf("missing: %s\n", c->missing[0] != '\0' ? c->missing : "(nothing)");
     if (c->level != P11_LEVEL_NONE) {
         int present = p11_tls_handle_key_present(t);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# boundary_audit.sh - what crosses the PKCS#11 boundary during TLS 1.2 handshakes,
-# as recorded by p11-kit's call log (an independent record, not p11tls's own).
+# boundary_audit.sh - what crosses the PKCS#11 boundary during TLS 1.2 handshakes
+# (P11TLS_AUDIT_PROTO=tls13: TLS 1.3 handshakes), as recorded by p11-kit's call log
+# (an independent record, not p11tls's own).
 #
 # Run with a token: tests/with-token.sh DIR bash tests/boundary_audit.sh (as root:
 # it writes /etc/pkcs11/modules/p11tls-audit-PID.module, removed at exit).
@@ -10,7 +11,10 @@
 # registered modules managed and logs every call with its IN and OUT values to
 # the server's stderr. 20 full handshakes (the three ciphers in turn) from a
 # plain OpenSSL client with -keylogfile give the real master secrets; each is
-# then looked for in every byte buffer of the log, and counted as crossings:
+# then looked for in every byte buffer of the log, and counted as crossings. With
+# TLS 1.3 the values are every secret the client's keylog holds (client and server
+# handshake and application traffic secrets, the exporter secret: five per
+# handshake, 32 or 48 bytes), the three TLS 1.3 suites in turn:
 # a buffer that holds it whole is one crossing, and so are buffers that hold
 # it only in pieces (P_hash blocks) when together they cover all of it:
 #   sealed (nss):         no master secret may appear, whole or in part;
@@ -45,13 +49,20 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tls_init
 
 HANDSHAKES=${P11TLS_AUDIT_HANDSHAKES:-20}
-CIPHERS=(AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256)
+PROTO=${P11TLS_AUDIT_PROTO:-tls12}
+if [ "$PROTO" = tls13 ]; then
+  CIPHERS=(TLS_AES_128_GCM_SHA256 TLS_AES_256_GCM_SHA384 TLS_CHACHA20_POLY1305_SHA256)
+  PER_HS=5 # keylog secrets per handshake
+else
+  CIPHERS=(AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256)
+  PER_HS=1
+fi
 PROXY=${P11TLS_P11KIT_PROXY:-/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so}
 MODDIR=/etc/pkcs11/modules
 MODFILE=$MODDIR/p11tls-audit-$$.module
 MADE_DIRS=()
 
-echo "# token kind: $P11TLS_KIND"
+echo "# token kind: $P11TLS_KIND, protocol: $PROTO"
 case "$P11TLS_KIND" in
   nss) LEVEL=sealed ;;
   *) LEVEL=transient ;;
@@ -162,8 +173,13 @@ if [ "$SERVER" = nginx ]; then
   ok "nginx starts with the token behind p11-kit's proxy"
   for ((i = 0; i < HANDSHAKES; i++)); do
     cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
+    if [ "$PROTO" = tls13 ]; then
+      popt=(--tlsv1.3 --tls13-ciphers "$cipher")
+    else
+      popt=(--tlsv1.2 --tls-max 1.2 --ciphers "$cipher")
+    fi
     body=$(SSLKEYLOGFILE=$WORK/client.keylog curl -sS --cacert "$P11TLS_CERT" \
-      --resolve "localhost:$NGX_PORT:127.0.0.1" --tlsv1.2 --tls-max 1.2 --ciphers "$cipher" \
+      --resolve "localhost:$NGX_PORT:127.0.0.1" "${popt[@]}" \
       "https://localhost:$NGX_PORT/" 2>&1 || true)
     if [ "$body" = "hello from p11tls" ]; then
       good=$((good + 1))
@@ -177,44 +193,85 @@ if [ "$SERVER" = nginx ]; then
   LOG=$NGX/error.log
   : >"$WORK/server.keylog"
 else
+  # TLS 1.3: the server takes only X25519, so a client that offers a P-256 key share
+  # first gets a HelloRetryRequest
+  if [ "$PROTO" = tls13 ]; then sproto=(-tls1_3 -groups X25519); else sproto=(-tls1_2); fi
   if ! OPENSSL_CONF=$SERVER_CNF tls_start_server s_server "" -key "$P11TLS_KEY_URI" \
-    -cert "$P11TLS_CERT" -tls1_2 -www -keylogfile "$WORK/server.keylog"; then
+    -cert "$P11TLS_CERT" "${sproto[@]}" -www -keylogfile "$WORK/server.keylog"; then
     not_ok "s_server starts with the token behind p11-kit's proxy"
     tls_finish
     exit
   fi
   ok "s_server starts with the token behind p11-kit's proxy"
   LOG=$SERVER_ERR # p11-kit's call log (the server's stderr)
+  : >"$WORK/hsdesc"
   for ((i = 0; i < HANDSHAKES; i++)); do
-    cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
     out=$WORK/hs$i.out
     rc=0
-    tls_client "$out" -ign_eof -tls1_2 -cipher "$cipher" -keylogfile "$WORK/client.keylog" || rc=$?
-    if [ "$rc" = 0 ] && grep -aq "^New, TLSv1\.2, Cipher is $cipher\$" "$out" &&
+    kind=New
+    if [ "$PROTO" = tls13 ]; then
+      # in threes: a full handshake (its session saved), one with a HelloRetryRequest,
+      # one resumed with the first one's ticket (PSK and binder)
+      cipher=${CIPHERS[(i / 3) % ${#CIPHERS[@]}]}
+      copt=(-tls1_3 -ciphersuites "$cipher")
+      case $((i % 3)) in
+      0) copt+=(-sess_out "$WORK/sess$i") desc="full" ;;
+      1) copt+=(-groups P-256:X25519 -msg) desc="full, HRR" ;;
+      2) copt+=(-sess_in "$WORK/sess$((i - 2))") desc="resumed" kind=Reused ;;
+      esac
+      pname=TLSv1.3
+    else
+      cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
+      copt=(-tls1_2 -cipher "$cipher")
+      pname=TLSv1.2
+      desc=full
+    fi
+    echo "$cipher $desc" >>"$WORK/hsdesc"
+    tls_client "$out" -ign_eof "${copt[@]}" -keylogfile "$WORK/client.keylog" || rc=$?
+    if [ "$rc" = 0 ] && grep -aq "^$kind, ${pname/./\\.}, Cipher is $cipher\$" "$out" &&
       grep -aq '^HTTP/1\.0 200 ok' "$out"; then
       good=$((good + 1))
     else
-      echo "# handshake $i ($cipher) failed (status $rc)" >&2
+      echo "# handshake $i ($cipher, $desc) failed (status $rc)" >&2
       tls_show "$out"
       tls_show "$out.err"
     fi
+    if [ "$desc" = "full, HRR" ]; then
+      nsh=$(grep -c '<<< TLS 1.3, Handshake \[length [0-9a-f]*\], ServerHello' "$out" || true)
+      [ "$nsh" = 2 ] || { echo "# handshake $i: no HelloRetryRequest ($nsh ServerHello)" >&2; good=$((good - 1)); }
+    fi
   done
-  check_eq "$HANDSHAKES full handshakes (3 ciphers in turn) fetch the page" "$HANDSHAKES" "$good"
+  if [ "$PROTO" = tls13 ]; then
+    check_eq "$HANDSHAKES handshakes (full, with HelloRetryRequest, resumed; 3 suites) fetch the page" \
+      "$HANDSHAKES" "$good"
+  else
+    check_eq "$HANDSHAKES full handshakes (3 ciphers in turn) fetch the page" "$HANDSHAKES" "$good"
+  fi
   tls_stop "$SERVER_PID"
 fi
 
 # -------------------------------------------------------------- the audit
-awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/client.keylog" >"$WORK/secrets"
-awk '$1 == "CLIENT_RANDOM" { print tolower($3) }' "$WORK/server.keylog" >"$WORK/handles"
-nsec=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/secrets" || true)
-nhandles=$(grep -c -E '^[0-9a-f]{96}$' "$WORK/handles" || true)
-check_eq "client keylog: one 48-byte master secret per handshake" "$HANDSHAKES" "$nsec"
-[ "$SERVER" = nginx ] || check_eq "server keylog: one 48-byte handle per handshake" "$HANDSHAKES" "$nhandles"
+# the values: TLS 1.2's master secret (CLIENT_RANDOM lines), TLS 1.3's secrets
+if [ "$PROTO" = tls13 ]; then
+  LABELS_RE='^(CLIENT|SERVER)_(HANDSHAKE_TRAFFIC_SECRET|TRAFFIC_SECRET_0)$|^EXPORTER_SECRET$'
+else
+  LABELS_RE='^CLIENT_RANDOM$'
+fi
+keylog_values() {
+  awk -v re="$LABELS_RE" 'NF == 3 && $1 ~ re { print tolower($3) }' "$1"
+}
+keylog_values "$WORK/client.keylog" >"$WORK/secrets"
+awk -v re="$LABELS_RE" 'NF == 3 && $1 ~ re { print $1 }' "$WORK/client.keylog" >"$WORK/labels"
+keylog_values "$WORK/server.keylog" >"$WORK/handles"
+nsec=$(grep -c -E '^([0-9a-f]{64}|[0-9a-f]{96})$' "$WORK/secrets" || true)
+nhandles=$(grep -c -E '^([0-9a-f]{64}|[0-9a-f]{96})$' "$WORK/handles" || true)
+check_eq "client keylog: $PER_HS secret(s) per handshake" "$((HANDSHAKES * PER_HS))" "$nsec"
+[ "$SERVER" = nginx ] || check_eq "server keylog: $PER_HS handle(s) per handshake" "$((HANDSHAKES * PER_HS))" "$nhandles"
 if [ "$(sort -u "$WORK/secrets" | wc -l)" = "$nsec" ] &&
   [ -z "$(sort "$WORK/secrets" "$WORK/handles" | uniq -d)" ]; then
-  ok "all master secrets are distinct and none is a handle"
+  ok "all secrets are distinct and none is a handle"
 else
-  not_ok "all master secrets are distinct and none is a handle"
+  not_ok "all secrets are distinct and none is a handle"
 fi
 
 if [ -s "$LOG" ]; then
@@ -222,7 +279,8 @@ if [ -s "$LOG" ]; then
 else
   not_ok "p11-kit's call log is not empty"
 fi
-for fn in C_Login C_UnwrapKey C_Sign; do
+if [ "$PROTO" = tls13 ]; then fns="C_Login C_Sign"; else fns="C_Login C_UnwrapKey C_Sign"; fi
+for fn in $fns; do
   check_grep "p11-kit's call log records $fn calls" "$LOG" "^$fn\$"
 done
 
@@ -252,7 +310,7 @@ audit() {
     }
     my ($log, $vals) = @ARGV;
     open(my $v, "<", $vals) or die "$vals: $!";
-    my @vals = map { chomp; pack("H*", $_) } grep { /^[0-9a-f]{96}$/ } <$v>;
+    my @vals = map { chomp; pack("H*", $_) } grep { /^([0-9a-f]{64}|[0-9a-f]{96})$/ } <$v>;
     close $v;
     my @bufs; my $text = ""; my $fn = "?";
     open(my $l, "<:raw", $log) or die "$log: $!";
@@ -326,29 +384,31 @@ if [ "$SERVER" != nginx ]; then
   check_eq "positive control: each of the $nhandles handles is found whole in the log" "$nhandles" "$found"
 fi
 
-echo "# master secrets in p11-kit's log, one line per handshake (cipher, secret, crossings = whole + pieces):"
+echo "# secrets in p11-kit's log, one line each (cipher, secret, crossings = whole + pieces):"
 for ((i = 0; i < nsec; i++)); do
   read -r sec <&3
   read -r c w p pc hx <&4
-  printf '#   %-28s %s...  crossings=%s (whole=%s, in pieces=%s; partial buffers=%s) hex-text=%s\n' \
-    "${CIPHERS[i % ${#CIPHERS[@]}]}" "${sec:0:16}" "$c" "$w" "$pc" "$p" "$hx"
-done 3<"$WORK/secrets" 4<"$WORK/secret-counts"
+  read -r label <&5
+  desc=$(sed -n "$((i / PER_HS + 1))p" "$WORK/hsdesc" 2>/dev/null || true)
+  printf '#   %-40s %-31s %s...  crossings=%s (whole=%s, in pieces=%s; partial buffers=%s) hex-text=%s\n' \
+    "${desc:-?}" "$label" "${sec:0:16}" "$c" "$w" "$pc" "$p" "$hx"
+done 3<"$WORK/secrets" 4<"$WORK/secret-counts" 5<"$WORK/labels"
 cross0=$(awk '$1 == 0' "$WORK/secret-counts" | wc -l)
 cross1=$(awk '$1 == 1' "$WORK/secret-counts" | wc -l)
 crossmore=$(awk '$1 > 1' "$WORK/secret-counts" | wc -l)
 partial=$(awk '$3 > 0' "$WORK/secret-counts" | wc -l)
 hextext=$(awk '$5 > 0' "$WORK/secret-counts" | wc -l)
-echo "# counts ($LEVEL, $nsec master secrets): crossed 0 times: $cross0, once: $cross1, more than once: $crossmore; with 16+ bytes in some buffer: $partial; as hex text: $hextext"
-check_eq "no master secret appears as hex text in the log" 0 "$hextext"
+echo "# counts ($LEVEL, $nsec secrets): crossed 0 times: $cross0, once: $cross1, more than once: $crossmore; with 16+ bytes in some buffer: $partial; as hex text: $hextext"
+check_eq "no secret appears as hex text in the log" 0 "$hextext"
 if [ "$LEVEL" = sealed ]; then
-  check_eq "sealed: no master secret crosses the boundary (count 0 for all $nsec)" "$nsec" "$cross0"
-  check_eq "sealed: no part (16+ bytes) of a master secret crosses the boundary" 0 "$partial"
+  check_eq "sealed: no secret crosses the boundary (count 0 for all $nsec)" "$nsec" "$cross0"
+  check_eq "sealed: no part (16+ bytes) of a secret crosses the boundary" 0 "$partial"
 else
   # p11-kit logs no attribute values, so C_CreateObject(CKA_VALUE) is not seen here.
   if [ "$crossmore" = 0 ]; then
-    ok "transient: each master secret crosses the boundary at most once ($cross1 of $nsec once)"
+    ok "transient: each secret crosses the boundary at most once ($cross1 of $nsec once)"
   else
-    not_ok "transient: each master secret crosses the boundary at most once ($crossmore of $nsec crossed more than once, $cross1 once)"
+    not_ok "transient: each secret crosses the boundary at most once ($crossmore of $nsec crossed more than once, $cross1 once)"
     echo "# the calls that carried the first such secret:" >&2
     awk '$1 > 1 { print NR; exit }' "$WORK/secret-counts" >"$WORK/first-bad"
     bad=$(sed -n "$(cat "$WORK/first-bad")p" "$WORK/secrets")

@@ -75,7 +75,10 @@ static void k13_free(void *vctx)
 static int dup_field(unsigned char **dst, const unsigned char *src, size_t len)
 {
     *dst = NULL;
-    return src == NULL || (*dst = OPENSSL_memdup(src, len > 0 ? len : 1)) != NULL;
+    if (src == NULL)
+        return 1;
+    *dst = len > 0 ? OPENSSL_memdup(src, len) : OPENSSL_zalloc(1);
+    return *dst != NULL;
 }
 
 static void *k13_dup(void *vctx)

@@ -205,7 +205,8 @@ s_client() {
   local out=$1
   shift
   printf 'GET / HTTP/1.0\r\n\r\n' | env -u OPENSSL_CONF timeout -s KILL 30 openssl s_client \
-    -connect "127.0.0.1:$SRV_PORT" -servername localhost -tls1_2 -ign_eof "$@" >"$out" 2>&1
+    -connect "127.0.0.1:$SRV_PORT" -servername localhost "${PROTO_FLAG:--tls1_2}" -ign_eof "$@" \
+    >"$out" 2>&1
 }
 
 # The CLIENT_RANDOM lines of a keylog: "random secret", lowercase.
@@ -421,7 +422,7 @@ demo_token() {
     -cert "$P11TLS_CERT" -www -keylogfile "$RUN/server13.keylog"; then
     : >"$RUN/client13.keylog"
     local n13=0 l
-    if s_client "$RUN/s_client-tls13.out" -tls1_3 -keylogfile "$RUN/client13.keylog" &&
+    if PROTO_FLAG=-tls1_3 s_client "$RUN/s_client-tls13.out" -keylogfile "$RUN/client13.keylog" &&
       grep -aq "^New, TLSv1.3" "$RUN/s_client-tls13.out"; then
       for l in CLIENT_HANDSHAKE_TRAFFIC_SECRET SERVER_HANDSHAKE_TRAFFIC_SECRET \
         CLIENT_TRAFFIC_SECRET_0 SERVER_TRAFFIC_SECRET_0 EXPORTER_SECRET; do

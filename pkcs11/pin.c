@@ -60,7 +60,7 @@ static p11_pin *pin_from_file(const char *path, char *err, size_t errlen)
     ssize_t n = 0;
     size_t len = 0;
     p11_pin *p;
-    struct stat st;
+    struct stat st = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
     if (fd < 0) {

@@ -24,6 +24,7 @@ struct p11_token {
     char *uri_text;
     p11_pin *pin;
     CK_SLOT_ID slot;
+    CK_FLAGS token_flags; /* CK_TOKEN_INFO.flags when the slot was last selected */
     char label[33];
     p11_caps caps;
 

@@ -67,6 +67,7 @@ int p11_token_select_slot(p11_token *t)
                 (size_t)snprintf(seen + off, sizeof(seen) - off, "%s'%s'", off ? ", " : "", label);
         if (p11_uri_match_slot(t->uri, slots[i], &si) && p11_uri_match_token(t->uri, &ti)) {
             t->slot = slots[i];
+            t->token_flags = ti.flags; /* read again at every re-open, before its login */
             memcpy(t->label, label, sizeof(label));
             found = 1;
         }
@@ -81,17 +82,17 @@ int p11_token_select_slot(p11_token *t)
 CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
 {
     CK_RV rv;
-    CK_TOKEN_INFO ti;
-
     if (t->pin == NULL)
         return CKR_OK;
     if (t->pin_failed)
         return t->login_refusal != 0 ? CKR_PIN_LOCKED : CKR_PIN_INCORRECT;
     /* A token that says its PIN is locked, or that the next wrong PIN locks it, gets
-     * no attempt from p11tls: a wrong PIN here would lock it (see the README). */
-    if (P11_CALL(t->fl, C_GetTokenInfo, t->slot, &ti) == CKR_OK &&
-        (ti.flags & (CKF_USER_PIN_LOCKED | CKF_USER_PIN_FINAL_TRY)) != 0) {
-        t->login_refusal = (ti.flags & CKF_USER_PIN_LOCKED) ? 1 : 2;
+     * no attempt from p11tls: a wrong PIN here would lock it (see the README). The
+     * flags are the token's when its slot was (re)selected, right before the first
+     * login of each module initialisation (no call of its own: SoftHSM2 re-reads its
+     * store for it, which races the other processes' logins after a fork). */
+    if ((t->token_flags & (CKF_USER_PIN_LOCKED | CKF_USER_PIN_FINAL_TRY)) != 0) {
+        t->login_refusal = (t->token_flags & CKF_USER_PIN_LOCKED) ? 1 : 2;
         t->pin_failed = 1;
         return CKR_PIN_LOCKED;
     }

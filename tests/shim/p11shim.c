@@ -15,11 +15,16 @@
  * not end them), which is the caller's business to find out.
  * The file is looked up at each call (one access(2)): removing or creating it
  * takes effect at once in every process using the shim.
+ * P11SHIM_ARM_FILE makes the token go away at a chosen point of an operation: while
+ * that file exists and holds "C_Name N", the N-th call to C_Name from then on (in
+ * this process) creates the fail file before it is answered (so it, and every call
+ * after it, fails), and the arm file is removed.
  * Also: P11SHIM_TOKEN_FLAGS adds token flags, P11SHIM_LOGIN_LOG counts logins
  * (see below). */
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,8 +37,36 @@ static CK_FUNCTION_LIST shim;
 static const char *fail_file;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static int failing(void)
+static const char *arm_file;
+static pthread_mutex_t arm_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long armed_calls;
+
+static void arm_check(const char *call)
 {
+    char buf[64], fn[48];
+    unsigned long n;
+    FILE *f;
+
+    if (arm_file == NULL || fail_file == NULL || access(arm_file, F_OK) != 0)
+        return;
+    pthread_mutex_lock(&arm_lock);
+    f = fopen(arm_file, "re");
+    if (f != NULL && fgets(buf, sizeof(buf), f) != NULL && sscanf(buf, "%47s %lu", fn, &n) == 2 &&
+        strcmp(fn, call) == 0 && ++armed_calls >= n) {
+        int fd = open(fail_file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0)
+            close(fd);
+        unlink(arm_file);
+        armed_calls = 0;
+    }
+    if (f != NULL)
+        fclose(f);
+    pthread_mutex_unlock(&arm_lock);
+}
+
+static int failing(const char *call)
+{
+    arm_check(call);
     return fail_file != NULL && access(fail_file, F_OK) == 0;
 }
 
@@ -43,7 +76,7 @@ static int failing(void)
     {                                                                                              \
         if (real == NULL)                                                                          \
             return CKR_CRYPTOKI_NOT_INITIALIZED;                                                   \
-        if (failing())                                                                             \
+        if (failing(#name))                                                                        \
             return CKR_DEVICE_REMOVED;                                                             \
         return real->name args;                                                                    \
     }
@@ -77,7 +110,7 @@ static CK_RV shim_C_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR i)
     CK_RV rv;
     if (real == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
-    if (failing())
+    if (failing("C_GetTokenInfo"))
         return CKR_DEVICE_REMOVED;
     rv = real->C_GetTokenInfo(s, i);
     if (rv == CKR_OK && f != NULL && *f != '\0')
@@ -110,7 +143,7 @@ static CK_RV shim_C_Login(SH h, CK_USER_TYPE u, BP p, UL pl)
             close(fd);
         }
     }
-    if (failing())
+    if (failing("C_Login"))
         return CKR_DEVICE_REMOVED;
     return real->C_Login(h, u, p, pl);
 }
@@ -174,11 +207,14 @@ static void load_real(void)
 {
     const char *path = getenv("P11SHIM_MODULE");
     const char *ff = getenv("P11SHIM_FAIL_FILE");
+    const char *af = getenv("P11SHIM_ARM_FILE");
     CK_C_GetFunctionList get;
     void *dl;
 
     if (ff != NULL && *ff != '\0')
         fail_file = strdup(ff);
+    if (af != NULL && *af != '\0')
+        arm_file = strdup(af);
     if (path == NULL || *path == '\0')
         return;
     dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);

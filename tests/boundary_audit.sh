@@ -14,12 +14,19 @@
 # then looked for in every byte buffer of the log, and counted as crossings. With
 # TLS 1.3 the values are every secret the client's keylog holds (client and server
 # handshake and application traffic secrets, the exporter secret: five per
-# handshake, 32 or 48 bytes), the three TLS 1.3 suites in turn:
+# handshake, 32 or 48 bytes), the three TLS 1.3 suites in turn, and every other
+# secret of the client's key schedule, recorded by the client through the test
+# provider tests/spy (early, handshake and master secrets, the "derived" salts,
+# finished keys, binder keys, resumption master secret, ticket PSKs; the early
+# secret without a PSK and its salt are public constants and are left out):
 # a buffer that holds it whole is one crossing, and so are buffers that hold
 # it only in pieces (P_hash blocks) when together they cover all of it:
 #   sealed (nss):         no master secret may appear, whole or in part;
 #   transient (softhsm):  each may cross at most once (it leaves the token once,
-#                         as HMAC output).
+#                         as HMAC output), except a TLS 1.3 ticket PSK that is
+#                         used: at most 3 times (made; then, in the resumption,
+#                         read back from its handle with C_Decrypt and given to
+#                         C_Sign as the input of the early secret's HMAC).
 # p11-kit logs no attribute values: a secret going in through C_CreateObject
 # (CKA_VALUE) is invisible here. p11-kit prints a byte buffer as a quoted string
 # (printable ASCII as is, \t \n \r, other bytes as \xHH, cut after 119
@@ -56,6 +63,14 @@ if [ "$PROTO" = tls13 ]; then
 else
   CIPHERS=(AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256)
   PER_HS=1
+fi
+SPY_OUT=$WORK/spy.out
+: >"$SPY_OUT"
+if [ "$PROTO" = tls13 ]; then
+  # the clients record every secret of their key schedule (tests/spy)
+  tls_spy_cnf "$WORK/spy.cnf"
+  export P11SPY_OUT=$SPY_OUT
+  TLS_CLIENT_CNF=$WORK/spy.cnf
 fi
 PROXY=${P11TLS_P11KIT_PROXY:-/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so}
 MODDIR=/etc/pkcs11/modules
@@ -160,6 +175,7 @@ if [ "$SERVER" = nginx ]; then
   # shellcheck source=scripts/lib/nginx.sh
   . "$HERE/../scripts/lib/nginx.sh"
   NGX=$WORK/nginx
+  : >"$WORK/hsdesc"
   mkdir -p "$NGX"
   nginx_cleanup() { ngx_stop "$NGX"; }
   tls_on_exit nginx_cleanup
@@ -178,7 +194,9 @@ if [ "$SERVER" = nginx ]; then
     else
       popt=(--tlsv1.2 --tls-max 1.2 --ciphers "$cipher")
     fi
-    body=$(SSLKEYLOGFILE=$WORK/client.keylog curl -sS --cacert "$P11TLS_CERT" \
+    echo "# $i $cipher full" >>"$SPY_OUT"
+    echo "$cipher full" >>"$WORK/hsdesc"
+    body=$(OPENSSL_CONF=${TLS_CLIENT_CNF:-/dev/null} SSLKEYLOGFILE=$WORK/client.keylog curl -sS --cacert "$P11TLS_CERT" \
       --resolve "localhost:$NGX_PORT:127.0.0.1" "${popt[@]}" \
       "https://localhost:$NGX_PORT/" 2>&1 || true)
     if [ "$body" = "hello from p11tls" ]; then
@@ -227,6 +245,7 @@ else
       desc=full
     fi
     echo "$cipher $desc" >>"$WORK/hsdesc"
+    echo "# $i $cipher $desc" >>"$SPY_OUT"
     tls_client "$out" -ign_eof "${copt[@]}" -keylogfile "$WORK/client.keylog" || rc=$?
     if [ "$rc" = 0 ] && grep -aq "^$kind, ${pname/./\\.}, Cipher is $cipher\$" "$out" &&
       grep -aq '^HTTP/1\.0 200 ok' "$out"; then
@@ -272,6 +291,41 @@ if [ "$(sort -u "$WORK/secrets" | wc -l)" = "$nsec" ] &&
   ok "all secrets are distinct and none is a handle"
 else
   not_ok "all secrets are distinct and none is a handle"
+fi
+# one description per value: its handshake's cipher and kind
+for ((i = 0; i < nsec; i++)); do sed -n "$((i / PER_HS + 1))p" "$WORK/hsdesc"; done >"$WORK/descs"
+if [ "$PROTO" = tls13 ]; then
+  # Every secret the clients' key schedules made (tests/spy), once each, with its label
+  # and handshake; what leaves the token by design (record keys and IVs) is not a
+  # secret here, and a value made in several handshakes is a public constant.
+  awk '
+    /^# / { hs = $2; desc = $3 " " $4; for (i = 5; i <= NF; i++) desc = desc " " $i; next }
+    NF == 2 && $1 != "key" && $1 != "iv" && $1 != "exporter" {
+      v = tolower($2)
+      if (!(v in lab)) { lab[v] = $1; d[v] = desc; order[n++] = v }
+      if (!((v, hs) in seen)) { seen[v, hs] = 1; nhs[v]++ }
+    }
+    END {
+      for (i = 0; i < n; i++) {
+        v = order[i]
+        if (nhs[v] > 1) print "const", lab[v], v, d[v] > "/dev/stderr"
+        else print v, lab[v], d[v]
+      }
+    }' "$SPY_OUT" >"$WORK/spy-values" 2>"$WORK/spy-consts"
+  nspy=$(wc -l <"$WORK/spy-values")
+  echo "# the clients' key schedules (tests/spy): $nspy secrets; left out as public constants:" \
+    "$(awk '{print $2}' "$WORK/spy-consts" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+  check "the spy recorded the clients' secrets ($nspy; at least 12 per handshake)" \
+    [ "$nspy" -ge $((HANDSHAKES * 12)) ]
+  missing=$(awk '{print $1}' "$WORK/spy-values" | sort | comm -13 - <(sort "$WORK/secrets") | wc -l)
+  check_eq "control: every keylog secret is among the spy's values" 0 "$missing"
+  for l in extract derived finished res_master resumption; do
+    check "the audited values include the spy's '$l' secrets" grep -q " $l " "$WORK/spy-values"
+  done
+  awk '{print $1}' "$WORK/spy-values" >"$WORK/secrets"
+  awk '{print $2}' "$WORK/spy-values" >"$WORK/labels"
+  cut -d' ' -f3- "$WORK/spy-values" >"$WORK/descs"
+  nsec=$nspy
 fi
 
 if [ -s "$LOG" ]; then
@@ -389,10 +443,10 @@ for ((i = 0; i < nsec; i++)); do
   read -r sec <&3
   read -r c w p pc hx <&4
   read -r label <&5
-  desc=$(sed -n "$((i / PER_HS + 1))p" "$WORK/hsdesc" 2>/dev/null || true)
+  read -r desc <&6 || desc=
   printf '#   %-40s %-31s %s...  crossings=%s (whole=%s, in pieces=%s; partial buffers=%s) hex-text=%s\n' \
     "${desc:-?}" "$label" "${sec:0:16}" "$c" "$w" "$pc" "$p" "$hx"
-done 3<"$WORK/secrets" 4<"$WORK/secret-counts" 5<"$WORK/labels"
+done 3<"$WORK/secrets" 4<"$WORK/secret-counts" 5<"$WORK/labels" 6<"$WORK/descs"
 cross0=$(awk '$1 == 0' "$WORK/secret-counts" | wc -l)
 cross1=$(awk '$1 == 1' "$WORK/secret-counts" | wc -l)
 crossmore=$(awk '$1 > 1' "$WORK/secret-counts" | wc -l)
@@ -405,13 +459,18 @@ if [ "$LEVEL" = sealed ]; then
   check_eq "sealed: no part (16+ bytes) of a secret crosses the boundary" 0 "$partial"
 else
   # p11-kit logs no attribute values, so C_CreateObject(CKA_VALUE) is not seen here.
-  if [ "$crossmore" = 0 ]; then
-    ok "transient: each secret crosses the boundary at most once ($cross1 of $nsec once)"
+  # Allowed: once each; a used TLS 1.3 ticket PSK 3 times (see the top).
+  paste -d' ' "$WORK/labels" "$WORK/secret-counts" |
+    awk '{ print ($2 > ($1 == "resumption" ? 3 : 1)) ? 1 : 0 }' >"$WORK/over"
+  over=$(grep -c '^1$' "$WORK/over" || true)
+  psk3=$(paste -d' ' "$WORK/labels" "$WORK/secret-counts" | awk '$1 == "resumption" && $2 > 1' | wc -l)
+  [ "$PROTO" = tls13 ] && echo "# transient: ticket PSKs that crossed more than once (used for a resumption): $psk3"
+  if [ "$over" = 0 ]; then
+    ok "transient: each secret crosses the boundary no more often than expected ($cross1 of $nsec once, $crossmore more often)"
   else
-    not_ok "transient: each secret crosses the boundary at most once ($crossmore of $nsec crossed more than once, $cross1 once)"
+    not_ok "transient: each secret crosses the boundary no more often than expected ($over of $nsec crossed more often)"
     echo "# the calls that carried the first such secret:" >&2
-    awk '$1 > 1 { print NR; exit }' "$WORK/secret-counts" >"$WORK/first-bad"
-    bad=$(sed -n "$(cat "$WORK/first-bad")p" "$WORK/secrets")
+    bad=$(sed -n "$(grep -n '^1$' "$WORK/over" | head -1 | cut -d: -f1)p" "$WORK/secrets")
     echo "$bad" >"$WORK/bad-secret"
     AUDIT_EXPLAIN=1 audit "$LOG" "$WORK/bad-secret" >/dev/null || true
   fi

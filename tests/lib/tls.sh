@@ -187,11 +187,12 @@ tls_start_server() {
 # current server, sending an HTTP GET; stdout in OUT, stderr in OUT.err. Pass
 # -ign_eof for -www servers (wait for the response); without it the client
 # closes once the GET is sent. Returns s_client's status (137: timed out).
+# TLS_CLIENT_CNF: an OpenSSL configuration for the client (e.g. tls_spy_cnf's).
 tls_client() {
   local out=$1
   shift
   printf 'GET / HTTP/1.0\r\n\r\n' |
-    env -u OPENSSL_CONF timeout -s KILL "$TLS_CLIENT_TIMEOUT" openssl s_client \
+    env -u OPENSSL_CONF ${TLS_CLIENT_CNF:+"OPENSSL_CONF=$TLS_CLIENT_CNF"} timeout -s KILL "$TLS_CLIENT_TIMEOUT" openssl s_client \
       -connect "127.0.0.1:$SERVER_PORT" -servername localhost "$@" >"$out" 2>"$out.err"
 }
 

@@ -11,10 +11,18 @@
 #     sent and requested by the client
 #   4 other clients: gnutls-cli and Python's ssl
 #   5 curl with p11tls as the client: its TLS 1.3 key schedule runs in its token
+#   6 a memory dump (gcore) of the nginx worker after TLS 1.3 handshakes holds none
+#     of the clients' secrets (every one their key schedule made, recorded by the
+#     test provider tests/spy), nor a 16-byte piece of one, nor the PIN:
+#     softhsm-remote (transient, the token in another process): all of them;
+#     nss (sealed, the token in the worker): those whose token objects are gone (a
+#     small handle cache, then more handshakes); the secrets of the last handshakes,
+#     still objects of the in-process token, are found there: the search's control
 set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 . "$src/scripts/lib/nginx.sh"
 . "$src/tests/lib/tap.sh"
+. "$src/tests/lib/spy.sh"
 
 SUITES=(TLS_AES_128_GCM_SHA256 TLS_AES_256_GCM_SHA384 TLS_CHACHA20_POLY1305_SHA256)
 work=$(mktemp -d /tmp/p11tls-tls13.XXXXXX)
@@ -182,5 +190,60 @@ else
     grep -q "C_Sign -> CKR_OK" "$work/curl-dbg"
 fi
 ngx_stop "$ngx"
+
+# ------------------------------------------------------------ 6 memory dump
+dump_check() { # dump_check CNF N-MEASURED N-AFTER
+  local cnf6=$1 nm=$2 na=$3 i suite w core found frags nsec pinhex
+  ngx=$work/ngx6
+  mkdir -p "$ngx"
+  port=$(p11_free_port)
+  ngx_write_conf "$ngx" "$port" protocols="TLSv1.2 TLSv1.3" workers=1
+  ngx_start "$ngx" "$cnf6"
+  tls_spy_cnf "$work/spy.cnf"
+  spy_curl() { # spy_curl OUT-FILE SUITE: curl through the spy, its secrets in OUT-FILE
+    OPENSSL_CONF=$work/spy.cnf P11SPY_OUT=$1 curl -sS --cacert "$P11TLS_CERT" \
+      --resolve "localhost:$port:127.0.0.1" --tlsv1.3 --tls13-ciphers "$2" -o /dev/null \
+      "https://localhost:$port/" 2>&1 || true
+  }
+  rm -f "$work/spy.measured" "$work/spy.after"
+  for ((i = 0; i < nm; i++)); do spy_curl "$work/spy.measured" "${SUITES[i % 3]}"; done
+  for ((i = 0; i < na; i++)); do spy_curl "$work/spy.after" "${SUITES[i % 3]}"; done
+  # secrets: not the record keys and IVs (the worker holds those by design), not the
+  # public constants (the early secret without a PSK, its "derived" salt)
+  secrets() { awk '$1 != "key" && $1 != "iv" {print $2}' "$1" | sort | uniq -u; }
+  secrets "$work/spy.measured" > "$work/measured"
+  nsec=$(wc -l < "$work/measured")
+  check "dump: the spy recorded the secrets of $nm TLS 1.3 handshakes ($nsec)" [ "$nsec" -ge $((nm * 10)) ]
+  w=$(ngx_workers "$ngx")
+  gcore -o "$work/core" "$w" > /dev/null 2>&1 || true
+  core=$work/core.$w
+  check "gcore dumped worker $w" [ -s "$core" ]
+  check "control: the dump is searchable (nginx's response text found)" \
+    env LC_ALL=C grep -qaF "hello from p11tls" "$core"
+  found=$(perl "$src/tests/lib/find-bytes.pl" "$core" $(cat "$work/measured") | awk '$2 > 0' | wc -l)
+  check "worker memory holds none of the $nsec secrets of the measured handshakes (found $found)" [ "$found" -eq 0 ]
+  frags=$(while read -r v; do echo "${v:0:32} ${v:32:32}"; done < "$work/measured")
+  found=$(perl "$src/tests/lib/find-bytes.pl" "$core" $frags | awk '$2 > 0' | wc -l)
+  check "worker memory holds no 16-byte piece of them either (found $found)" [ "$found" -eq 0 ]
+  pinhex=$(perl -e 'local $/; open F, "<", $ARGV[0]; print unpack("H*", <F>)' "$P11TLS_PIN_FILE")
+  found=$(perl "$src/tests/lib/find-bytes.pl" "$core" "$pinhex" | awk '{print $2}')
+  check "worker memory does not hold the PIN (found $found)" [ "$found" -eq 0 ]
+  if [ "$na" -gt 0 ]; then
+    secrets "$work/spy.after" > "$work/after"
+    found=$(perl "$src/tests/lib/find-bytes.pl" "$core" $(cat "$work/after") | awk '$2 > 0' | wc -l)
+    echo "# secrets of the last $na handshakes found in the dump: $found of $(wc -l < "$work/after")"
+    check "control: secrets of the last handshakes, still objects of the in-process token, are found ($found)" [ "$found" -ge 1 ]
+  fi
+  rm -f "$core"
+  ngx_stop "$ngx"
+}
+case "$P11TLS_KIND" in
+softhsm-remote) dump_check "$cnf" 9 0 ;;
+nss)
+  # 16 cached secret objects: generations of 2, retired as the later handshakes make theirs
+  sed -e '/^handle-cache-size *=/d' -e '/^\[p11tls_sect\]/a handle-cache-size = 16' "$cnf" > "$work/small-cache.cnf"
+  dump_check "$work/small-cache.cnf" 9 3
+  ;;
+esac
 
 tap_finish

@@ -67,6 +67,14 @@ struct p11_token {
     CK_OBJECT_HANDLE fallback; /* stand-in for a pre-master secret that failed its checks */
     unsigned long fallback_gen;
     pthread_mutex_t wrap_lock; /* guards wrap_key and fallback */
+
+    /* TLS 1.3's public constants per hash (tls13.c), owner-session objects */
+    struct p11_tls13_const {
+        unsigned long gen;                     /* module generation; 0: not made */
+        CK_OBJECT_HANDLE zero, early, derived; /* zeros, HKDF-Extract(0, 0), its "derived" */
+        unsigned char early_handle[48];
+    } t13[2];
+    pthread_mutex_t t13_lock;
 };
 
 /* log.c */
@@ -147,6 +155,10 @@ CK_OBJECT_HANDLE p11_session_copy(p11_session *s, CK_OBJECT_HANDLE tok);
  * the token's generation (not per connection). */
 CK_RV p11_owner_generate(p11_session *s, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl, CK_ULONG n,
                          CK_OBJECT_HANDLE *out);
+/* C_CreateObject and C_DeriveKey in the owner session, for the same kind of objects. */
+CK_RV p11_owner_create(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out);
+CK_RV p11_owner_derive(p11_session *s, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                       CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out);
 
 /* registry.c: a bounded, thread-safe map from 48-byte handles to token objects */
 typedef struct {

@@ -288,6 +288,31 @@ CK_RV p11_owner_generate(p11_session *s, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl,
     return rv;
 }
 
+CK_RV p11_owner_create(p11_session *s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    p11_token *t = s->tok;
+    CK_RV rv;
+    pthread_mutex_lock(&t->owner_lock);
+    rv = owner_session_locked(s);
+    if (rv == CKR_OK)
+        rv = P11_CALL(t->fl, C_CreateObject, t->owner_h, tmpl, n, out);
+    pthread_mutex_unlock(&t->owner_lock);
+    return rv;
+}
+
+CK_RV p11_owner_derive(p11_session *s, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                       CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    p11_token *t = s->tok;
+    CK_RV rv;
+    pthread_mutex_lock(&t->owner_lock);
+    rv = owner_session_locked(s);
+    if (rv == CKR_OK)
+        rv = P11_CALL(t->fl, C_DeriveKey, t->owner_h, mech, base, tmpl, n, out);
+    pthread_mutex_unlock(&t->owner_lock);
+    return rv;
+}
+
 /* The private key's object handle in this session's generation (re-found, and
  * copied into the owner session, after a fork or a token loss re-initialised the
  * module). */

@@ -217,18 +217,30 @@ const char *p11_tls_handle_key_label(const p11_token *t);
 /* 1: the handle key is in the token; 0: it is not; -1: the lookup failed. */
 int p11_tls_handle_key_present(p11_token *t);
 /* -------------------------------------------------------------- TLS 1.3 */
-/* Secrets are handles of hashlen bytes (32: SHA-256, 48: SHA-384). */
+/* Secrets are handles of hashlen bytes (32: SHA-256, 48: SHA-384). Flags:
+ *   P11_TLS13_SECRET      expand: the output is a new secret (its handle), not a value
+ *                         that leaves the token (a key, an IV, exporter output)
+ *   P11_TLS13_LOCAL       the new secret is used only during the handshake (handshake
+ *                         and master secrets, handshake traffic secrets, finished and
+ *                         binder keys): a random handle that this process's cache
+ *                         resolves, no wrap; one that the cache has dropped resolves
+ *                         to a garbage secret (the handshake fails at Finished)
+ *   P11_TLS13_IKM_HANDLE  extract: the input is a PSK's handle (the early secret) */
+#define P11_TLS13_SECRET 1u
+#define P11_TLS13_LOCAL 2u
+#define P11_TLS13_IKM_HANDLE 4u
 /* HKDF-Extract(salt, IKM) -> a new secret's handle in out. salt: Expand-Label(prev,
  * dinfo) (dinfo: the HkdfLabel of "derived") when prev is a handle, else none (the
- * early secret). ikm: bytes (an (EC)DHE secret), or a PSK handle (ikm_is_handle,
- * early secret only), or NULL (zeros). */
+ * early secret). ikm: bytes (an (EC)DHE secret), or a PSK handle (early secret
+ * only), or NULL (zeros). The early secret without a PSK and the salt derived from
+ * it are public constants, made once per process. */
 int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                       const unsigned char *dinfo, size_t dilen, const unsigned char *ikm,
-                      size_t ikmlen, int ikm_is_handle, unsigned char *out);
-/* HKDF-Expand(secret, info, outlen): as_handle: a new secret (outlen = hashlen), its
- * handle in out; else the output itself (keys, IVs, exporters), at most hashlen. */
+                      size_t ikmlen, unsigned flags, unsigned char *out);
+/* HKDF-Expand(secret, info, outlen): P11_TLS13_SECRET: a new secret (outlen =
+ * hashlen), its handle in out; else the output itself (keys, IVs, exporters). */
 int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
-                     const unsigned char *info, size_t infolen, int as_handle, unsigned char *out,
+                     const unsigned char *info, size_t infolen, unsigned flags, unsigned char *out,
                      size_t outlen);
 /* HMAC(secret behind key, data) -> out (hashlen bytes): Finished, PSK binders. */
 int p11_tls13_hmac(p11_token *t, p11_prf_hash h, const unsigned char *key,

@@ -19,6 +19,7 @@
  * eviction, a KeyUpdate hours later). */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/proverr.h>
@@ -40,6 +41,9 @@ static CK_MECHANISM_TYPE hash_mech(p11_prf_hash h)
     return h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256;
 }
 
+static struct p11_tls13_const *const_match(p11_session *s, p11_prf_hash h,
+                                           const unsigned char *handle);
+
 /* The secret object behind handle (hashlen bytes), pinned: released with
  * p11_registry_release(t->ms, s, *ref). */
 static CK_RV secret_object(p11_session *s, const unsigned char *handle, size_t n,
@@ -50,9 +54,14 @@ static CK_RV secret_object(p11_session *s, const unsigned char *handle, size_t n
     p11_reg_value v;
     p11_maker mk;
     CK_RV rv;
+    struct p11_tls13_const *c = const_match(s, n == 48 ? P11_PRF_SHA384 : P11_PRF_SHA256, handle);
 
-    reg_key(handle, n, key);
     *ref = NULL;
+    if (c != NULL) { /* the early secret without a PSK: long-lived, not the cache's */
+        *obj = c->early;
+        return CKR_OK;
+    }
+    reg_key(handle, n, key);
     if (p11_registry_get(t->ms, key, s->epoch, 0, &v, ref)) {
         *obj = v.obj[0];
         return CKR_OK;
@@ -81,37 +90,125 @@ static CK_RV secret_object(p11_session *s, const unsigned char *handle, size_t n
     return rv;
 }
 
-/* A new secret made by make(), kept in the cache under its handle. value: its bytes
- * where they are known (`transient`), for the handle. */
-typedef CK_RV (*make_fn)(p11_session *ms, void *arg, CK_OBJECT_HANDLE *out);
+/* A new secret made by make() in the cache's open generation, kept there under its
+ * handle. make() may leave temporaries beside it (*extra of them: a "derived" salt,
+ * an imported (EC)DHE secret), which end with the generation, without a call of
+ * their own. value: the secret's bytes where they are known (`transient`), for the
+ * handle. local (P11_TLS13_LOCAL): a secret libssl uses only during the handshake
+ * gets a random handle that only this process's cache resolves: no wrap. Its
+ * entry lives as long as the handshake's finished keys must anyway (libssl's
+ * HMAC of Finished takes p11tls's HMAC only for a key the cache knows). */
+typedef CK_RV (*make_fn)(p11_session *ms, void *arg, CK_OBJECT_HANDLE *out, unsigned *extra);
 static CK_RV new_secret(p11_session *s, size_t n, make_fn make, void *arg,
-                        const unsigned char *value, unsigned char *handle)
+                        const unsigned char *value, unsigned flags, unsigned char *handle)
 {
     p11_token *t = s->tok;
     CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
     unsigned char key[48];
+    unsigned extra = 0;
     p11_reg_value v;
     p11_maker mk;
     CK_RV rv = p11_registry_make_begin(t->ms, s, &mk);
 
     if (rv != CKR_OK)
         return rv;
-    rv = make(&mk.s, arg, &obj);
-    p11_registry_make_end(t->ms, &mk, rv, obj != CK_INVALID_HANDLE);
-    if (rv == CKR_OK)
+    rv = make(&mk.s, arg, &obj, &extra);
+    p11_registry_make_end(t->ms, &mk, rv, (obj != CK_INVALID_HANDLE) + (mk.gen >= 0 ? extra : 0));
+    if (rv == CKR_OK && (flags & P11_TLS13_LOCAL)) {
+        if (getrandom(handle, n, 0) != (ssize_t)n)
+            rv = CKR_FUNCTION_FAILED;
+    } else if (rv == CKR_OK) {
         rv = p11_handle_make_n(s, obj, value, n, handle);
+    }
     memset(&v, 0, sizeof(v));
     v.obj[0] = obj;
     if (rv == CKR_OK) {
         reg_key(handle, n, key);
-        if (!p11_registry_put_made(t->ms, &mk, key, &v) && mk.gen < 0)
-            (void)p11_destroy(s, obj); /* resolvable again from the handle */
+        if (!p11_registry_put_made(t->ms, &mk, key, &v)) {
+            if (mk.gen < 0)
+                (void)p11_destroy(s, obj); /* resolvable again from the handle */
+            if (flags & P11_TLS13_LOCAL)
+                rv = CKR_HOST_MEMORY; /* not kept: nothing would resolve its handle */
+        }
     } else if (mk.gen >= 0) {
         p11_registry_made_drop(t->ms, &mk);
     } else if (obj != CK_INVALID_HANDLE) {
         (void)p11_destroy(s, obj);
     }
     return rv;
+}
+
+/* ----------------------------------------------------------- constants */
+
+/* The early secret without a PSK, HKDF-Extract(0, 0), and the salt derived from
+ * it, Derive-Secret(ES, "derived", ""), are public values, the same in every
+ * handshake of a hash: made once per module initialisation as long-lived objects of
+ * the owner session (with the early secret's handle), so that a full handshake
+ * spends no token call on them. At `sealed` also an all-zero key of the hash's
+ * length: the input of the master secret's HKDF-Extract. Guarded by t->t13_lock. */
+static CK_RV const_early(p11_session *s, p11_prf_hash h, struct p11_tls13_const **out)
+{
+    p11_token *t = s->tok;
+    struct p11_tls13_const *c = &t->t13[h];
+    size_t n = p11_hash_len(h);
+    static const unsigned char zeros[48];
+    CK_RV rv = CKR_OK;
+
+    *out = c;
+    if (c->gen == s->gen)
+        return CKR_OK;
+    c->zero = c->early = c->derived = CK_INVALID_HANDLE;
+    if (t->caps.tls13 == P11_MS_NATIVE) {
+        CK_ULONG len = n;
+        CK_ATTRIBUTE zt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                      {CKA_VALUE, (void *)zeros, n}};
+        CK_ATTRIBUTE et[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                      {CKA_VALUE_LEN, &len, sizeof(len)}};
+        P11_HKDF_PARAMS xp;
+        CK_MECHANISM xm = {P11_CKM_HKDF_DERIVE, &xp, sizeof(xp)};
+        memset(&xp, 0, sizeof(xp));
+        xp.bExtract = CK_TRUE;
+        xp.prfHashMechanism = hash_mech(h);
+        xp.ulSaltType = P11_CKF_HKDF_SALT_DATA;
+        xp.pSalt = (CK_BYTE_PTR)zeros;
+        xp.ulSaltLen = n;
+        xp.hSaltKey = CK_INVALID_HANDLE;
+        rv = p11_owner_create(s, zt, P11_SECRET_TEMPLATE_N + 1, &c->zero);
+        if (rv == CKR_OK)
+            rv = p11_owner_derive(s, &xm, c->zero, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
+        if (rv == CKR_OK)
+            rv = p11_handle_make_n(s, c->early, NULL, n, c->early_handle);
+    } else {
+        /* HMAC(salt = zeros, IKM = zeros): a public value crosses */
+        unsigned char es[48];
+        CK_ATTRIBUTE zt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                      {CKA_VALUE, (void *)zeros, n}};
+        CK_ATTRIBUTE et[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                      {CKA_VALUE, es, n}};
+        rv = p11_owner_create(s, zt, P11_SECRET_TEMPLATE_N + 1, &c->zero);
+        if (rv == CKR_OK)
+            rv = p11_hmac(s, p11_hmac_mech(h), c->zero, zeros, n, es, n);
+        if (rv == CKR_OK)
+            rv = p11_owner_create(s, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
+        if (rv == CKR_OK)
+            rv = p11_handle_make_n(s, c->early, es, n, c->early_handle);
+    }
+    if (rv == CKR_OK)
+        c->gen = s->gen;
+    return rv;
+}
+
+/* The constant early secret's object when handle is its handle, else NULL. */
+static struct p11_tls13_const *const_match(p11_session *s, p11_prf_hash h,
+                                           const unsigned char *handle)
+{
+    p11_token *t = s->tok;
+    struct p11_tls13_const *c = &t->t13[h];
+    int hit;
+    pthread_mutex_lock(&t->t13_lock);
+    hit = c->gen == s->gen && memcmp(handle, c->early_handle, p11_hash_len(h)) == 0;
+    pthread_mutex_unlock(&t->t13_lock);
+    return hit ? c : NULL;
 }
 
 /* ------------------------------------------------------------------ native */
@@ -122,11 +219,12 @@ struct hkdf_arg {
     CK_ULONG len;
 };
 
-static CK_RV derive_secret(p11_session *s, void *varg, CK_OBJECT_HANDLE *out)
+static CK_RV derive_secret(p11_session *s, void *varg, CK_OBJECT_HANDLE *out, unsigned *extra)
 {
     struct hkdf_arg *a = varg;
     CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
                                                  {CKA_VALUE_LEN, &a->len, sizeof(a->len)}};
+    (void)extra;
     return P11_CALL(s->fl, C_DeriveKey, s->h, &a->mech, a->base, t, P11_SECRET_TEMPLATE_N + 1, out);
 }
 
@@ -152,10 +250,10 @@ static CK_RV derive_data(p11_session *s, P11_HKDF_PARAMS *hp, CK_OBJECT_HANDLE b
     return rv;
 }
 
-/* An input secret given as bytes (an (EC)DHE shared secret, zeros): a sensitive
- * session object, the caller's to destroy. Extractable as what is derived from it
- * must be (to be wrapped into its handle): NSS does not make a derived key more
- * accessible than its base. */
+/* An input secret given as bytes (an (EC)DHE shared secret, a salt at `transient`):
+ * a sensitive session object. Extractable as what is derived from it must be (to be
+ * wrapped into its handle): NSS does not make a derived key more accessible than
+ * its base. */
 static CK_RV import_secret(p11_session *s, const unsigned char *v, size_t n, CK_OBJECT_HANDLE *out)
 {
     CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
@@ -168,12 +266,65 @@ struct import_arg {
     size_t n;
 };
 
-static CK_RV make_import(p11_session *s, void *varg, CK_OBJECT_HANDLE *out)
+static CK_RV make_import(p11_session *s, void *varg, CK_OBJECT_HANDLE *out, unsigned *extra)
 {
     struct import_arg *a = varg;
-    CK_ATTRIBUTE t[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                 {CKA_VALUE, (void *)a->v, a->n}};
-    return P11_CALL(s->fl, C_CreateObject, s->h, t, P11_SECRET_TEMPLATE_N + 1, out);
+    (void)extra;
+    return import_secret(s, a->v, a->n, out);
+}
+
+/* HKDF-Extract at `sealed`, in the generation's session: the salt (the constant one,
+ * else "derived" from the previous secret, else none) and the input (a secret
+ * object, or bytes imported, or the all-zero key), then the new secret. */
+struct extract_arg {
+    p11_prf_hash h;
+    CK_OBJECT_HANDLE prev, salt, in;
+    const unsigned char *dinfo, *ikm;
+    size_t dilen, ikmlen;
+};
+
+static CK_RV make_extract(p11_session *s, void *varg, CK_OBJECT_HANDLE *out, unsigned *extra)
+{
+    struct extract_arg *a = varg;
+    static const unsigned char zeros[48];
+    size_t n = p11_hash_len(a->h);
+    CK_OBJECT_HANDLE salt = a->salt, in = a->in;
+    P11_HKDF_PARAMS xp;
+    struct hkdf_arg x;
+    CK_RV rv = CKR_OK;
+
+    memset(&xp, 0, sizeof(xp));
+    xp.bExtract = CK_TRUE;
+    xp.prfHashMechanism = hash_mech(a->h);
+    xp.hSaltKey = CK_INVALID_HANDLE;
+    if (salt == CK_INVALID_HANDLE && a->prev != CK_INVALID_HANDLE) {
+        P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, hash_mech(a->h),   P11_CKF_HKDF_SALT_NULL,
+                              NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)a->dinfo,
+                              a->dilen};
+        struct hkdf_arg d = {{P11_CKM_HKDF_DERIVE, &dp, sizeof(dp)}, a->prev, n};
+        rv = derive_secret(s, &d, &salt, extra);
+        *extra += rv == CKR_OK;
+    }
+    if (rv == CKR_OK && in == CK_INVALID_HANDLE) {
+        rv = import_secret(s, a->ikm, a->ikmlen, &in);
+        *extra += rv == CKR_OK;
+    }
+    if (rv != CKR_OK)
+        return rv;
+    if (salt != CK_INVALID_HANDLE) {
+        xp.ulSaltType = P11_CKF_HKDF_SALT_KEY;
+        xp.hSaltKey = salt;
+    } else { /* no salt: hashlen zeros, given as data (RFC 5869) */
+        xp.ulSaltType = P11_CKF_HKDF_SALT_DATA;
+        xp.pSalt = (CK_BYTE_PTR)zeros;
+        xp.ulSaltLen = n;
+    }
+    x.mech.mechanism = P11_CKM_HKDF_DERIVE;
+    x.mech.pParameter = &xp;
+    x.mech.ulParameterLen = sizeof(xp);
+    x.base = in;
+    x.len = n;
+    return derive_secret(s, &x, out, extra);
 }
 
 /* ------------------------------------------------------------- public API */
@@ -185,10 +336,11 @@ static int fail(const char *call, CK_RV rv, const char *what)
 }
 
 int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
-                     const unsigned char *info, size_t infolen, int as_handle, unsigned char *out,
+                     const unsigned char *info, size_t infolen, unsigned flags, unsigned char *out,
                      size_t outlen)
 {
     size_t n = p11_hash_len(h);
+    int as_handle = (flags & P11_TLS13_SECRET) != 0;
     p11_session s;
     CK_OBJECT_HANDLE k;
     void *ref = NULL;
@@ -213,7 +365,7 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
                               infolen};
         if (as_handle) {
             struct hkdf_arg a = {{P11_CKM_HKDF_DERIVE, &hp, sizeof(hp)}, k, n};
-            rv = new_secret(&s, n, derive_secret, &a, NULL, out);
+            rv = new_secret(&s, n, derive_secret, &a, NULL, flags, out);
         } else {
             rv = derive_data(&s, &hp, k, out, outlen);
         }
@@ -243,7 +395,7 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
         if (rv == CKR_OK && as_handle) {
             struct import_arg imp = {blk, n};
             call = "C_CreateObject";
-            rv = new_secret(&s, n, make_import, &imp, blk, out);
+            rv = new_secret(&s, n, make_import, &imp, blk, flags, out);
         }
         OPENSSL_cleanse(blk, sizeof(blk));
         if (t->scrub)
@@ -258,11 +410,57 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
     return 1;
 }
 
+/* The salt object for an extract after prev: the constant one when prev is the
+ * constant early secret (made on first use), else CK_INVALID_HANDLE. */
+static CK_RV const_salt(p11_session *s, p11_prf_hash h, const unsigned char *prev,
+                        const unsigned char *dinfo, size_t dilen, CK_OBJECT_HANDLE *salt)
+{
+    p11_token *t = s->tok;
+    struct p11_tls13_const *c = const_match(s, h, prev);
+    size_t n = p11_hash_len(h);
+    CK_RV rv = CKR_OK;
+
+    *salt = CK_INVALID_HANDLE;
+    if (c == NULL)
+        return CKR_OK;
+    pthread_mutex_lock(&t->t13_lock);
+    if (c->gen == s->gen && c->derived == CK_INVALID_HANDLE) {
+        if (t->caps.tls13 == P11_MS_NATIVE) {
+            CK_ULONG len = n;
+            CK_ATTRIBUTE dt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                          {CKA_VALUE_LEN, &len, sizeof(len)}};
+            P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, hash_mech(h),      P11_CKF_HKDF_SALT_NULL,
+                                  NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)dinfo,
+                                  dilen};
+            CK_MECHANISM dm = {P11_CKM_HKDF_DERIVE, &dp, sizeof(dp)};
+            rv = p11_owner_derive(s, &dm, c->early, dt, P11_SECRET_TEMPLATE_N + 1, &c->derived);
+        } else { /* HMAC(ES, HkdfLabel || 1): a public value crosses */
+            unsigned char d[48], *buf = malloc(dilen + 1);
+            CK_ATTRIBUTE dt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
+                                                          {CKA_VALUE, d, n}};
+            rv = buf == NULL ? CKR_HOST_MEMORY : CKR_OK;
+            if (rv == CKR_OK) {
+                memcpy(buf, dinfo, dilen);
+                buf[dilen] = 1;
+                rv = p11_hmac(s, p11_hmac_mech(h), c->early, buf, dilen + 1, d, n);
+            }
+            free(buf);
+            if (rv == CKR_OK)
+                rv = p11_owner_create(s, dt, P11_SECRET_TEMPLATE_N + 1, &c->derived);
+        }
+    }
+    if (c->gen == s->gen)
+        *salt = c->derived;
+    pthread_mutex_unlock(&t->t13_lock);
+    return rv;
+}
+
 int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                       const unsigned char *dinfo, size_t dilen, const unsigned char *ikm,
-                      size_t ikmlen, int ikm_is_handle, unsigned char *out)
+                      size_t ikmlen, unsigned flags, unsigned char *out)
 {
     size_t n = p11_hash_len(h);
+    int ikm_is_handle = (flags & P11_TLS13_IKM_HANDLE) != 0;
     static const unsigned char zeros[48];
     p11_session s;
     CK_OBJECT_HANDLE pk = CK_INVALID_HANDLE, salt = CK_INVALID_HANDLE, in = CK_INVALID_HANDLE;
@@ -270,7 +468,6 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     CK_RV rv = CKR_OK;
     const char *call = "C_DeriveKey";
     unsigned char d[48], ikmb[48], prk[48];
-    int have_d = 0;
 
     if (t->caps.tls13 == P11_MS_NONE || (ikm_is_handle && (prev != NULL || ikmlen != n)) ||
         ikmlen > 1024) {
@@ -279,69 +476,52 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                                              : "unsupported input");
         return 0;
     }
-    if (ikm == NULL) { /* no (EC)DHE or PSK input: hashlen zero bytes */
-        ikm = zeros;
-        ikmlen = n;
-        ikm_is_handle = 0;
-    }
     if (!p11_session_get(t, &s))
         return 0;
-    /* The salt: Derive-Secret(prev, "derived", "") when there is a previous secret,
-     * else none (hashlen zeros). */
-    if (prev != NULL) {
-        rv = secret_object(&s, prev, n, &pk, &pref);
-        call = "C_UnwrapKey";
+    if (prev == NULL && ikm == NULL) { /* the early secret without a PSK: a constant */
+        struct p11_tls13_const *c;
+        pthread_mutex_lock(&t->t13_lock);
+        rv = const_early(&s, h, &c);
+        if (rv == CKR_OK)
+            memcpy(out, c->early_handle, n);
+        pthread_mutex_unlock(&t->t13_lock);
+        goto done;
     }
-    if (t->caps.tls13 == P11_MS_NATIVE) {
-        P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, hash_mech(h),      P11_CKF_HKDF_SALT_NULL,
-                              NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)dinfo,
-                              dilen};
-        CK_MECHANISM dm = {P11_CKM_HKDF_DERIVE, &dp, sizeof(dp)};
-        struct hkdf_arg a;
-        /* no salt: hashlen zeros, given as data (RFC 5869) */
-        P11_HKDF_PARAMS xp;
-        memset(&xp, 0, sizeof(xp));
-        xp.bExtract = CK_TRUE;
-        xp.bExpand = CK_FALSE;
-        xp.prfHashMechanism = hash_mech(h);
-        xp.ulSaltType = P11_CKF_HKDF_SALT_DATA;
-        xp.pSalt = (CK_BYTE_PTR)zeros;
-        xp.ulSaltLen = n;
-        xp.hSaltKey = CK_INVALID_HANDLE;
-        if (rv == CKR_OK && prev != NULL) {
-            struct hkdf_arg da = {dm, pk, n};
-            call = "C_DeriveKey";
-            rv = derive_secret(&s, &da, &salt);
-            xp.ulSaltType = P11_CKF_HKDF_SALT_KEY;
-            xp.hSaltKey = salt;
-        }
-        if (rv == CKR_OK && ikm_is_handle) {
-            rv = secret_object(&s, ikm, n, &in, &iref);
+    if (prev != NULL) {
+        call = "C_DeriveKey";
+        rv = const_salt(&s, h, prev, dinfo, dilen, &salt);
+        if (rv == CKR_OK && salt == CK_INVALID_HANDLE) {
             call = "C_UnwrapKey";
-        } else if (rv == CKR_OK) {
-            rv = import_secret(&s, ikm, ikmlen, &in);
-            call = "C_CreateObject";
+            rv = secret_object(&s, prev, n, &pk, &pref);
         }
-        if (rv == CKR_OK) {
-            a.mech.mechanism = P11_CKM_HKDF_DERIVE;
-            a.mech.pParameter = &xp;
-            a.mech.ulParameterLen = sizeof(xp);
-            a.base = in;
-            a.len = n;
-            call = "C_DeriveKey";
-            rv = new_secret(&s, n, derive_secret, &a, NULL, out);
-        }
-        if (in != CK_INVALID_HANDLE && !ikm_is_handle)
-            (void)p11_destroy(&s, in);
-        if (salt != CK_INVALID_HANDLE)
-            (void)p11_destroy(&s, salt);
+    }
+    if (rv == CKR_OK && ikm == NULL) { /* no (EC)DHE input (the master secret): zeros */
+        struct p11_tls13_const *c;
+        call = "C_CreateObject";
+        pthread_mutex_lock(&t->t13_lock);
+        rv = const_early(&s, h, &c);
+        in = c->zero;
+        pthread_mutex_unlock(&t->t13_lock);
+        ikm = zeros;
+        ikmlen = n;
+    } else if (rv == CKR_OK && ikm_is_handle && t->caps.tls13 == P11_MS_NATIVE) {
+        call = "C_UnwrapKey";
+        rv = secret_object(&s, ikm, n, &in, &iref);
+    }
+    if (rv != CKR_OK) {
+        /* (nothing made yet) */
+    } else if (t->caps.tls13 == P11_MS_NATIVE) {
+        struct extract_arg a = {h, pk, salt, in, dinfo, ikm, dilen, ikmlen};
+        call = "C_DeriveKey";
+        rv = new_secret(&s, n, make_extract, &a, NULL, flags, out);
     } else {
         /* PRK = HMAC(salt, IKM): the salt as the key (the derived secret, or zeros),
          * the IKM as data (a resumption PSK read back from its handle) */
+        CK_OBJECT_HANDLE tmp = CK_INVALID_HANDLE;
         const unsigned char *data = ikm;
-        call = "C_Sign";
-        if (rv == CKR_OK && prev != NULL) {
+        if (salt == CK_INVALID_HANDLE && prev != NULL) {
             unsigned char *buf = malloc(dilen + 1);
+            call = "C_Sign";
             if (buf == NULL) {
                 rv = CKR_HOST_MEMORY;
             } else {
@@ -349,8 +529,18 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                 buf[dilen] = 1;
                 rv = p11_hmac(&s, p11_hmac_mech(h), pk, buf, dilen + 1, d, n);
                 free(buf);
-                have_d = rv == CKR_OK;
             }
+            if (rv == CKR_OK) {
+                call = "C_CreateObject";
+                rv = import_secret(&s, d, n, &tmp);
+                salt = tmp;
+            }
+        } else if (salt == CK_INVALID_HANDLE) { /* no salt: zeros */
+            struct p11_tls13_const *c;
+            pthread_mutex_lock(&t->t13_lock);
+            rv = const_early(&s, h, &c);
+            salt = c->zero;
+            pthread_mutex_unlock(&t->t13_lock);
         }
         if (rv == CKR_OK && ikm_is_handle) {
             call = "C_Decrypt";
@@ -358,19 +548,15 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
             data = ikmb;
         }
         if (rv == CKR_OK) {
-            call = "C_CreateObject";
-            rv = import_secret(&s, have_d ? d : zeros, n, &salt);
-        }
-        if (rv == CKR_OK) {
             call = "C_Sign";
             rv = p11_hmac(&s, p11_hmac_mech(h), salt, data, ikmlen, prk, n);
         }
-        if (salt != CK_INVALID_HANDLE)
-            (void)p11_destroy(&s, salt);
+        if (tmp != CK_INVALID_HANDLE)
+            (void)p11_destroy(&s, tmp);
         if (rv == CKR_OK) {
             struct import_arg imp = {prk, n};
             call = "C_CreateObject";
-            rv = new_secret(&s, n, make_import, &imp, prk, out);
+            rv = new_secret(&s, n, make_import, &imp, prk, flags, out);
         }
         OPENSSL_cleanse(d, sizeof(d));
         OPENSSL_cleanse(ikmb, sizeof(ikmb));
@@ -378,6 +564,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
         if (t->scrub)
             p11_scrub_heap();
     }
+done:
     p11_registry_release(t->ms, &s, pref);
     p11_registry_release(t->ms, &s, iref);
     p11_session_put(&s, rv);

@@ -240,6 +240,7 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
         return NULL;
     pthread_mutex_init(&t->lock, NULL);
     pthread_mutex_init(&t->wrap_lock, NULL);
+    pthread_mutex_init(&t->t13_lock, NULL);
     pthread_mutex_init(&t->owner_lock, NULL);
     pthread_cond_init(&t->cond, NULL);
     t->pid = getpid();
@@ -356,6 +357,7 @@ void p11_token_free(p11_token *t)
     free(t->env_names);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->wrap_lock);
+    pthread_mutex_destroy(&t->t13_lock);
     pthread_mutex_destroy(&t->owner_lock);
     pthread_cond_destroy(&t->cond);
     free(t);

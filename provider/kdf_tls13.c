@@ -122,6 +122,21 @@ static int is_label(const K13CTX *c, const char *l)
     return c->label_len == strlen(l) && memcmp(c->label, l, c->label_len) == 0;
 }
 
+/* Secrets libssl uses only while the handshake runs, on the server and the client
+ * alike: they get handles that only this process's cache resolves (no wrap). The
+ * others live as long as the connection (application traffic secrets for KeyUpdate,
+ * exporter and resumption master secrets, early exporter) or leave the process (a
+ * ticket's PSK, "resumption"): they get wrapped handles. */
+static int local_label(const K13CTX *c)
+{
+    static const char *const hs_only[] = {"c hs traffic", "s hs traffic", "finished",
+                                          "res binder",   "ext binder",   "c e traffic"};
+    for (size_t i = 0; i < sizeof(hs_only) / sizeof(hs_only[0]); i++)
+        if (is_label(c, hs_only[i]))
+            return 1;
+    return 0;
+}
+
 static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_PARAM params[])
 {
     K13CTX *c = vctx;
@@ -166,9 +181,11 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
                 return 0;
             ilen = hkdf_label(info, hl, c->prefix, c->prefix_len, c->label, c->label_len, eh, ehl);
         }
-        return p11_tls13_extract(t, (p11_prf_hash)c->hash, c->has_salt ? c->salt : NULL, info, ilen,
-                                 c->has_key ? c->key : NULL, c->has_key ? c->key_len : 0,
-                                 c->has_key && !c->has_salt, key);
+        /* the early, handshake and master secrets serve the handshake only */
+        return p11_tls13_extract(
+            t, (p11_prf_hash)c->hash, c->has_salt ? c->salt : NULL, info, ilen,
+            c->has_key ? c->key : NULL, c->has_key ? c->key_len : 0,
+            P11_TLS13_LOCAL | (c->has_key && !c->has_salt ? P11_TLS13_IKM_HANDLE : 0), key);
     }
     if (c->mode == EVP_KDF_HKDF_MODE_EXPAND_ONLY) {
         int export = is_label(c, "key") || is_label(c, "iv") || is_label(c, "exporter");
@@ -185,7 +202,9 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
         }
         ilen = hkdf_label(info, keylen, c->prefix, c->prefix_len, c->label, c->label_len, c->data,
                           c->data_len);
-        return p11_tls13_expand(t, (p11_prf_hash)c->hash, c->key, info, ilen, !export, key, keylen);
+        return p11_tls13_expand(
+            t, (p11_prf_hash)c->hash, c->key, info, ilen,
+            export ? 0 : P11_TLS13_SECRET | (local_label(c) ? P11_TLS13_LOCAL : 0), key, keylen);
     }
     ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_MODE,
                    "p11tls: TLS13-KDF mode must be EXTRACT_ONLY or EXPAND_ONLY");

@@ -11,16 +11,16 @@
  *   (c) p11tls at its full level (the token's openssl.cnf as make-token.sh wrote it;
  *       the server holds a handle, not the master secret: prf=token).
  *
- *   p11tls-bench run      handshakes/s and server CPU (full, resumed; RSA key exchange
- *                         and ECDHE-RSA), raw RSA-2048 private-key operations, 1 vs 2
- *                         threads; "key value" lines on stdout
- *   p11tls-bench count    PKCS#11 calls per handshake from p11tls's own call log: run
- *                         it with P11TLS_DEBUG=/path/file (read back by the bench)
- *   p11tls-bench profile  time inside the module per PKCS#11 function: p11tls loads
- *                         p11timer.so (next to this program), which forwards to the
- *                         token's module and times the calls
- *   p11tls-bench mem      VmRSS and the token's secret session objects over --mem N
- *                         full handshakes, in a fresh process
+ *   p11tls-bench run      handshakes/s and server CPU (full, resumed; TLS 1.2 RSA key
+ *                         exchange and ECDHE-RSA; TLS 1.3 with X25519, 2 tickets per full
+ *                         handshake as nginx sends them, resumed by a stateless ticket;
+ *                         for TLS 1.3 (b) is "TLS 1.3 in software": its TLS13-KDF and
+ *                         HMAC are the default provider's), raw RSA-2048 private-key operations, 1
+ * vs 2 threads; "key value" lines on stdout p11tls-bench count    PKCS#11 calls per handshake from
+ * p11tls's own call log: run it with P11TLS_DEBUG=/path/file (read back by the bench) p11tls-bench
+ * profile  time inside the module per PKCS#11 function: p11tls loads p11timer.so (next to this
+ * program), which forwards to the token's module and times the calls p11tls-bench mem      VmRSS
+ * and the token's secret session objects over --mem N full handshakes, in a fresh process
  *   p11tls-bench report FILE...   the table (with PASS/MISS) from the outputs above
  * run/count/profile/mem take the token from make-token.sh's env.sh (P11TLS_*) and the
  * options --runs R, --full N, --resumed N, --raw N, --threads N, --mem N, --only a,b,c
@@ -59,6 +59,21 @@
 
 #define CIPHER_RSA "AES128-GCM-SHA256"
 #define CIPHER_ECDHE "ECDHE-RSA-AES128-GCM-SHA256"
+#define SUITE_TLS13 "TLS_AES_128_GCM_SHA256"
+/* TLS 1.3 at sealed, the target in token operations: what RFC 8446 7.1 and the record
+ * layer need, server side, X25519, 2 tickets after a full handshake and 1 after a
+ * resumption. Full: 15 derivations (early secret, "derived", handshake secret, 2
+ * handshake traffic secrets, "derived", master secret, 2 application traffic secrets,
+ * exporter and resumption master secrets, 2 finished keys, 2 ticket PSKs), the (EC)DHE
+ * secret's import, 8 exported keys and IVs at 3 operations each (derive, read, destroy:
+ * CKM_HKDF_DATA makes an object), 2 Finished MACs, the RSA CertificateVerify = 43.
+ * Resumed: 16 derivations (the same less one ticket, plus the binder key and its
+ * finished key), the import, the 8 exports (24), 3 MACs (binder, 2 Finished) = 44. */
+#define TLS13_OPS_FULL 43
+#define TLS13_OPS_RES 44
+/* cipher indexes: 0 RSA kx, 1 ECDHE-RSA (TLS 1.2), 2 TLS 1.3 (X25519) */
+#define CI_TLS13 2
+#define NCI 3
 /* count: handle-cache-size of (c), so that its steady state comes quickly */
 #define COUNT_CACHE 64
 
@@ -312,15 +327,16 @@ typedef struct {
     OSSL_LIB_CTX *libctx;
     EVP_PKEY *key;
     X509 *cert;
-    SSL_CTX *full; /* no session cache, no tickets */
-    SSL_CTX *res;  /* session-ID cache, no tickets */
-    int token;     /* the key is in the token */
+    SSL_CTX *full;   /* no session cache, no tickets */
+    SSL_CTX *res;    /* session-ID cache, no tickets */
+    SSL_CTX *full13; /* TLS 1.3: no session cache; 2 stateless tickets per full handshake */
+    int token;       /* the key is in the token */
 } server_cfg;
 
 static OSSL_LIB_CTX *client_libctx;
-static SSL_CTX *client_ctx[2]; /* [0] RSA key exchange, [1] ECDHE-RSA */
-static const char *cipher_name[2] = {CIPHER_RSA, CIPHER_ECDHE};
-static const char *cipher_tag[2] = {"rsa", "ecdhe"};
+static SSL_CTX *client_ctx[NCI]; /* [0] RSA key exchange, [1] ECDHE-RSA, [2] TLS 1.3 */
+static const char *cipher_name[NCI] = {CIPHER_RSA, CIPHER_ECDHE, SUITE_TLS13};
+static const char *cipher_tag[NCI] = {"rsa", "ecdhe", "tls13"};
 
 static SSL_CTX *new_server_ctx(server_cfg *sc, int cache)
 {
@@ -338,16 +354,39 @@ static SSL_CTX *new_server_ctx(server_cfg *sc, int cache)
     return ctx;
 }
 
+/* TLS 1.3 as nginx serves it by default: stateless tickets (2 after a full handshake,
+ * 1 after a resumption), no server-side cache; the same context resumes. */
+static SSL_CTX *new_server_ctx13(server_cfg *sc)
+{
+    SSL_CTX *ctx = SSL_CTX_new_ex(sc->libctx, NULL, TLS_server_method());
+    if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
+        !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
+        SSL_CTX_use_certificate(ctx, sc->cert) != 1 || SSL_CTX_use_PrivateKey(ctx, sc->key) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        die("(%s) server SSL_CTX (TLS 1.3)", sc->name);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    return ctx;
+}
+
+static SSL_CTX *server_ctx(server_cfg *sc, int ci, int resumed)
+{
+    if (ci == CI_TLS13)
+        return sc->full13;
+    return resumed ? sc->res : sc->full;
+}
+
 static void make_client(void)
 {
     client_libctx = OSSL_LIB_CTX_new();
     if (client_libctx == NULL || OSSL_PROVIDER_load(client_libctx, "default") == NULL)
         die("client library context");
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < NCI; i++) {
         SSL_CTX *c = SSL_CTX_new_ex(client_libctx, NULL, TLS_client_method());
-        if (c == NULL || !SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) ||
-            !SSL_CTX_set_max_proto_version(c, TLS1_2_VERSION) ||
-            !SSL_CTX_set_cipher_list(c, cipher_name[i]))
+        int v = i == CI_TLS13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+        if (c == NULL || !SSL_CTX_set_min_proto_version(c, v) ||
+            !SSL_CTX_set_max_proto_version(c, v) ||
+            !(i == CI_TLS13 ? SSL_CTX_set_ciphersuites(c, cipher_name[i])
+                            : SSL_CTX_set_cipher_list(c, cipher_name[i])))
             die("client SSL_CTX");
         SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
         SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
@@ -381,6 +420,7 @@ static void make_soft(server_cfg *sc)
         die("(a) self-signed certificate");
     sc->full = new_server_ctx(sc, 0);
     sc->res = new_server_ctx(sc, 1);
+    sc->full13 = new_server_ctx13(sc);
 }
 
 /* Temporary copies of the token's openssl.cnf, removed at exit. */
@@ -467,6 +507,7 @@ static void make_token_cfg(server_cfg *sc, const char *name, const char *cnf)
         die("cannot read %s", env("P11TLS_CERT"));
     sc->full = new_server_ctx(sc, 0);
     sc->res = new_server_ctx(sc, 1);
+    sc->full13 = new_server_ctx13(sc);
 }
 
 /* The p11tls provider's get_params (name, assurance, strategy). */
@@ -541,6 +582,13 @@ static int handshake(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *resume, int want
     }
     if (!(sdone && cdone))
         goto end;
+    if (SSL_version(c) == TLS1_3_VERSION) {
+        /* the client reads the server's tickets (its session and PSK come with them) */
+        unsigned char b;
+        int rc = SSL_read(c, &b, 1);
+        if (rc > 0 || SSL_get_error(c, rc) != SSL_ERROR_WANT_READ)
+            goto end;
+    }
     {
         unsigned char ms[64], mc[64];
         SSL_SESSION *ss = SSL_get_session(s), *cs = SSL_get_session(c);
@@ -581,7 +629,7 @@ static int run_series(server_cfg *sc, int ci, int resumed, int n, series *res)
 
     memset(res, 0, sizeof(*res));
     if (resumed) {
-        if (!handshake(sc->res, client_ctx[ci], NULL, 1, &r))
+        if (!handshake(server_ctx(sc, ci, 1), client_ctx[ci], NULL, 1, &r))
             return 0;
         sess = r.client_ss;
     }
@@ -590,7 +638,7 @@ static int run_series(server_cfg *sc, int ci, int resumed, int n, series *res)
     k0 = token_cpu();
     t0 = now_mono();
     for (int i = 0; i < n; i++) {
-        if (!handshake(resumed ? sc->res : sc->full, client_ctx[ci], sess, 0, &r)) {
+        if (!handshake(server_ctx(sc, ci, resumed), client_ctx[ci], sess, 0, &r)) {
             res->failed++;
             if (res->failed == 1) {
                 fprintf(stderr, "p11tls-bench: (%s) %s %s handshake failed:\n", sc->name,
@@ -1012,17 +1060,17 @@ static void count_calls(server_cfg *sc, int ci, int resumed, int n, int prefill,
     snprintf(key, sizeof(key), "calls%s.%s.%s.%s", tag, sc->name, cipher_tag[ci],
              resumed ? "res" : "full");
     for (int i = 0; i < prefill; i++)
-        if (!handshake(sc->full, client_ctx[ci], NULL, 0, &r))
+        if (!handshake(server_ctx(sc, ci, 0), client_ctx[ci], NULL, 0, &r))
             break;
     if (resumed) {
-        if (!handshake(sc->res, client_ctx[ci], NULL, 1, &r)) {
+        if (!handshake(server_ctx(sc, ci, 1), client_ctx[ci], NULL, 1, &r)) {
             ERR_print_errors_fp(stderr);
             ERR_clear_error();
             out(key, "FAILED");
             return;
         }
         sess = r.client_ss;
-    } else if (!handshake(sc->full, client_ctx[ci], NULL, 0, &r)) { /* warm-up */
+    } else if (!handshake(server_ctx(sc, ci, 0), client_ctx[ci], NULL, 0, &r)) { /* warm-up */
         ERR_print_errors_fp(stderr);
         ERR_clear_error();
         out(key, "FAILED");
@@ -1030,7 +1078,7 @@ static void count_calls(server_cfg *sc, int ci, int resumed, int n, int prefill,
     }
     log_skip();
     for (int i = 0; i < n; i++) {
-        if (handshake(resumed ? sc->res : sc->full, client_ctx[ci], sess, 0, &r)) {
+        if (handshake(server_ctx(sc, ci, resumed), client_ctx[ci], sess, 0, &r)) {
             ok++;
             ms_equal += r.ms_equal;
         }
@@ -1372,6 +1420,45 @@ static int report(int nfiles, char **files)
         }
     }
 
+    /* ---------------- TLS 1.3 */
+    printf("\nTLS 1.3 handshakes (%s, X25519; stateless tickets: 2 after a full handshake, 1 "
+           "after a resumption, as nginx sends them;\nhs/s, server CPU us/hs). (b) here is p11tls "
+           "with TLS 1.3 in software (key only: TLS13-KDF and HMAC from the default provider),\n"
+           "(c) the key schedule in the token; the last column is what the token's key schedule "
+           "adds to the server's CPU per handshake\n",
+           SUITE_TLS13);
+    printf("%-15s %-8s %-17s %-17s %-24s %8s %12s\n", "token", "", "(a) hs/s  CPU", "(b) hs/s  CPU",
+           "(c) hs/s  CPU(+tok)", "(c)/(b)", "(c)-(b) us");
+    for (int i = 0; i < nfiles; i++) {
+        const kvfile *f = &F[i];
+        for (int res = 0; res < 2; res++) {
+            char ka[64], kb[64], kc[64], ccol[48], bcol[32];
+            snprintf(ka, sizeof(ka), "a.tls13.%s", res ? "res" : "full");
+            snprintf(kb, sizeof(kb), "b.tls13.%s", res ? "res" : "full");
+            snprintf(kc, sizeof(kc), "c.tls13.%s", res ? "res" : "full");
+            double ah = kv_num(f, ka, "hs_s"), ac = kv_num(f, ka, "cpu_us");
+            double bh = kv_num(f, kb, "hs_s"), bc = cpu_total(f, kb);
+            double ch = kv_num(f, kc, "hs_s"), cc = kv_num(f, kc, "cpu_us"),
+                   ctok = kv_num(f, kc, "tok_us"), ct = cpu_total(f, kc);
+            if (!kv_get(f, kc))
+                continue;
+            if (bh > 0)
+                snprintf(bcol, sizeof(bcol), "%7.0f %6.0f", bh, bc);
+            else
+                snprintf(bcol, sizeof(bcol), "%s", kv_get(f, kb) ? "FAILED" : "-");
+            if (ch > 0 && ctok > 0)
+                snprintf(ccol, sizeof(ccol), "%7.0f %5.0f(+%.0f)", ch, cc, ctok);
+            else if (ch > 0)
+                snprintf(ccol, sizeof(ccol), "%7.0f %5.0f", ch, cc);
+            else
+                snprintf(ccol, sizeof(ccol), "FAILED");
+            printf("%-15s %-8s %7.0f %6.0f    %-17s %-24s %8s %12s\n", kv_get(f, "kind"),
+                   res ? "resumed" : "full", ah, ac, bcol, ccol,
+                   fmt_num(b1, sizeof(b1), (bh > 0 && ch > 0) ? ch / bh : -1, 2),
+                   fmt_num(b2, sizeof(b2), (bc > 0 && ct > 0) ? ct - bc : -1, 0));
+        }
+    }
+
     /* ---------------- raw */
     printf("\nRSA-2048 private-key operations (PKCS#1 v1.5 decrypt; ops/s, CPU us/op (+tok))\n");
     printf("%-15s %-22s %-24s %-24s\n", "token", "OpenSSL software", "token via p11tls (EVP)",
@@ -1403,7 +1490,7 @@ static int report(int nfiles, char **files)
         printf("  %s (%s, %s)\n", kv_get(f, "kind"), lvl ? lvl : "?",
                kv_get(f, "strategy") ? kv_get(f, "strategy") : "?");
         for (int cfg = 0; cfg < 2; cfg++) {
-            for (int ci = 0; ci < 2; ci++) {
+            for (int ci = 0; ci < NCI; ci++) {
                 for (int res = 0; res < 2; res++) {
                     char k[64], kc[64], cold[32] = "";
                     snprintf(k, sizeof(k), "calls.%s.%s.%s", cfg ? "c" : "b", cipher_tag[ci],
@@ -1420,8 +1507,10 @@ static int report(int nfiles, char **files)
                     const char *v = "";
                     if (rot > 0)
                         snprintf(rots, sizeof(rots), "+%.2f rot", rot);
-                    if (cfg == 1 && ops >= 0)
+                    if (cfg == 1 && ops >= 0 && ci != CI_TLS13)
                         v = sealed ? verdict(1, ops <= (res ? 4 : 8)) : "";
+                    else if (cfg == 1 && ops >= 0)
+                        v = sealed ? verdict(1, ops <= (res ? TLS13_OPS_RES : TLS13_OPS_FULL)) : "";
                     printf("    (%s) %-6s %-7s calls %6s ops %6s %-9s %-10s %-4s %s\n",
                            cfg ? "c" : "b", cipher_tag[ci], res ? "resumed" : "full",
                            fmt_num(b1, sizeof(b1), calls, 2), fmt_num(b2, sizeof(b2), ops, 2), rots,
@@ -1431,7 +1520,11 @@ static int report(int nfiles, char **files)
             }
         }
     }
-    printf("  target at sealed: ops <= 8 per full, <= 4 per resumed handshake\n");
+    printf("  target at sealed: ops <= 8 per full, <= 4 per resumed handshake (TLS 1.2); TLS 1.3: "
+           "<= %d per full, <= %d per resumed\n  (RFC 8446 7.1's derivations, the exported keys "
+           "and IVs at derive+read+destroy each, the Finished and binder MACs, the\n  (EC)DHE "
+           "import, the CertificateVerify: see TLS13_OPS_* in tests/bench/bench.c)\n",
+           TLS13_OPS_FULL, TLS13_OPS_RES);
 
     /* ---------------- memory */
     printf("\nMemory and token objects over (c) full RSA-kx handshakes in a fresh process (no "
@@ -1704,13 +1797,13 @@ int main(int argc, char **argv)
     if (mode == COUNT) {
         /* Cold: the handle cache (COUNT_CACHE entries here) is not full yet; steady: it
          * is, and every cache/8 new master secrets retire the oldest generation. */
-        for (int ci = 0; ci < 2; ci++) {
+        for (int ci = 0; ci < NCI; ci++) {
             count_calls(&B, ci, 0, nfull, 0, "");
             count_calls(&B, ci, 1, nfull, 0, "");
         }
-        for (int ci = 0; ci < 2; ci++)
+        for (int ci = 0; ci < NCI; ci++)
             count_calls(&C, ci, 0, nfull, 0, "_cold");
-        for (int ci = 0; ci < 2; ci++) {
+        for (int ci = 0; ci < NCI; ci++) {
             count_calls(&C, ci, 0, nfull, ci == 0 ? COUNT_CACHE : 0, "");
             count_calls(&C, ci, 1, nfull, 0, "");
         }
@@ -1725,7 +1818,7 @@ int main(int argc, char **argv)
         if (cpu >= 0)
             pin_cpu(cpu);
         measure_call_wrapper();
-        for (int ci = 0; ci < 2; ci++) {
+        for (int ci = 0; ci < NCI; ci++) {
             profile_series(&C, &A, ci, 0, nfull);
             profile_series(&C, &A, ci, 1, nres);
         }
@@ -1746,7 +1839,7 @@ int main(int argc, char **argv)
 
     /* Handshakes: (a), (b), (c) interleaved, for each cipher and mode. */
     out("loadavg.start", "%s", loadavg());
-    for (int ci = 0; ci < 2; ci++) {
+    for (int ci = 0; ci < NCI; ci++) {
         for (int res = 0; res < 2; res++) {
             server_cfg *all[3] = {&A, &B, &C}, *cfgs[3];
             int ncfg = 0;

@@ -1,5 +1,5 @@
-/* thread_handshakes.c - many threads doing TLS 1.2 handshakes against ONE server SSL_CTX
- * whose RSA key is in the token, through p11tls (tests/sanitize/run.sh builds it with
+/* thread_handshakes.c - many threads doing TLS 1.2 and TLS 1.3 handshakes against ONE server
+ * SSL_CTX whose RSA key is in the token, through p11tls (tests/sanitize/run.sh builds it with
  * ThreadSanitizer, and with AddressSanitizer, and runs it; a sanitizer report fails the run).
  *
  *   thread_handshakes [--threads N] [--handshakes M]      (defaults: 8 threads, 10000)
@@ -11,13 +11,15 @@
  * library context of its own with the default provider only: its master secrets are computed
  * in software, so every handshake checks p11tls's server side against plain OpenSSL.
  *
- * The M handshakes are spread over the threads; each thread cycles through 8 client
- * configurations (RSA key exchange AES128-GCM-SHA256 or ECDHE-RSA-AES128-GCM-SHA256, extended
- * master secret on or off, session tickets on or off) and every fourth round resumes a session
- * (by ticket or by session ID) that any thread made earlier with the same configuration.
- * Each handshake is checked: both ends finished, TLS 1.2, the expected cipher and EMS, resumed
- * exactly when asked, application data both ways, and (every third) the RFC 5705 exporter of
- * both ends equal. Exit status 0 only if all M handshakes passed every check. */
+ * The M handshakes are spread over the threads; each thread cycles through 10 client
+ * configurations (TLS 1.2: RSA key exchange AES128-GCM-SHA256 or ECDHE-RSA-AES128-GCM-SHA256,
+ * extended master secret on or off, session tickets on or off; TLS 1.3: TLS_AES_128_GCM_SHA256
+ * or TLS_AES_256_GCM_SHA384, the key schedule in the token) and every fourth round resumes a
+ * session (by ticket or by session ID; TLS 1.3: by ticket, its PSK a handle) that any thread
+ * made earlier with the same configuration. Each handshake is checked: both ends finished,
+ * the protocol version, the expected cipher and (TLS 1.2) EMS, resumed exactly when asked,
+ * application data both ways, and (every third) the exporter (RFC 5705 / RFC 8446) of both
+ * ends equal. Exit status 0 only if all M handshakes passed every check. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,30 +36,36 @@
 #include <openssl/x509.h>
 #include "testutil.h"
 
-#define NCFG 8 /* client configurations: cipher x EMS x tickets */
+#define NCFG12 8 /* TLS 1.2 client configurations: cipher x EMS x tickets */
+#define NCFG 10  /* + 2 TLS 1.3 ones */
 #define MAX_THREADS 64
 #define MAX_REPORTED 10 /* failures printed in full */
 
-static const char *const cipher_names[2] = {"AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"};
+static const char *const cipher_names[4] = {"AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                                            "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"};
 
 static SSL_CTX *server_ctx;       /* the one server context, shared by every thread */
-static SSL_CTX *client_ctx[NCFG]; /* index: cipher | ems << 1 | ticket << 2 */
+static SSL_CTX *client_ctx[NCFG]; /* TLS 1.2: cipher | ems << 1 | ticket << 2; then TLS 1.3 */
 static SSL_SESSION *pool[NCFG];   /* the latest client session of each configuration */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
 static int reported;
 
-static int cfg_cipher(int cfg)
+static int cfg_tls13(int cfg)
 {
-    return cfg & 1;
+    return cfg >= NCFG12;
+}
+static int cfg_cipher(int cfg) /* index into cipher_names */
+{
+    return cfg_tls13(cfg) ? 2 + cfg - NCFG12 : cfg & 1;
 }
 static int cfg_ems(int cfg)
 {
-    return (cfg >> 1) & 1;
+    return !cfg_tls13(cfg) && ((cfg >> 1) & 1);
 }
 static int cfg_ticket(int cfg)
 {
-    return (cfg >> 2) & 1;
+    return cfg_tls13(cfg) || ((cfg >> 2) & 1);
 }
 
 static void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -102,7 +110,7 @@ static void make_server(OSSL_LIB_CTX *libctx)
     if (key == NULL)
         fatal("the token key %s was not found through OSSL_STORE", tu_env("P11TLS_KEY_URI"));
     if (c == NULL || !SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) ||
-        !SSL_CTX_set_max_proto_version(c, TLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION) ||
         !SSL_CTX_set_cipher_list(c, "AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256") ||
         SSL_CTX_use_certificate(c, cert) != 1 || SSL_CTX_use_PrivateKey(c, key) != 1 ||
         SSL_CTX_check_private_key(c) != 1 ||
@@ -121,9 +129,11 @@ static void make_clients(OSSL_LIB_CTX *libctx)
     X509 *cert = read_cert(libctx, tu_env("P11TLS_CERT"));
     for (int cfg = 0; cfg < NCFG; cfg++) {
         SSL_CTX *c = SSL_CTX_new_ex(libctx, NULL, TLS_client_method());
-        if (c == NULL || !SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) ||
-            !SSL_CTX_set_max_proto_version(c, TLS1_2_VERSION) ||
-            !SSL_CTX_set_cipher_list(c, cipher_names[cfg_cipher(cfg)]) ||
+        int v = cfg_tls13(cfg) ? TLS1_3_VERSION : TLS1_2_VERSION;
+        if (c == NULL || !SSL_CTX_set_min_proto_version(c, v) ||
+            !SSL_CTX_set_max_proto_version(c, v) ||
+            !(cfg_tls13(cfg) ? SSL_CTX_set_ciphersuites(c, cipher_names[cfg_cipher(cfg)])
+                             : SSL_CTX_set_cipher_list(c, cipher_names[cfg_cipher(cfg)])) ||
             !X509_STORE_add_cert(SSL_CTX_get_cert_store(c), cert))
             fatal("client SSL_CTX %d", cfg);
         /* The server must present the token's certificate (self-signed, trusted here). */
@@ -144,7 +154,7 @@ typedef struct {
     int id, count;
     /* results */
     int done, failed;
-    int full[2], resumed_ticket, resumed_sid, ems_on, ems_off, exporters;
+    int full[4], resumed_ticket, resumed_sid, resumed13, ems_on, ems_off, exporters;
     int resume_fallback; /* resumption asked for before any session of that kind existed */
 } worker;
 
@@ -157,6 +167,7 @@ static void report(worker *w, int n, int cfg, int resume, const char *why)
                 "%s\n",
                 w->id, n, cipher_names[cfg_cipher(cfg)], cfg_ems(cfg) ? "on" : "off",
                 cfg_ticket(cfg) ? "on" : "off", resume ? ", resumption" : "", why);
+        /* (TLS 1.3 configurations say EMS off, tickets on: EMS is TLS 1.2's) */
         ERR_print_errors_fp(stderr);
     }
     pthread_mutex_unlock(&print_lock);
@@ -228,8 +239,9 @@ static const char *handshake(worker *w, int n, int cfg, SSL_SESSION *sess, SSL_S
         why = "SSL_is_init_finished is false";
         goto end;
     }
-    if (SSL_version(s) != TLS1_2_VERSION || SSL_version(c) != TLS1_2_VERSION) {
-        why = "not TLS 1.2";
+    if (SSL_version(s) != (cfg_tls13(cfg) ? TLS1_3_VERSION : TLS1_2_VERSION) ||
+        SSL_version(c) != SSL_version(s)) {
+        why = "not the protocol version asked for";
         goto end;
     }
     ciph = SSL_get_current_cipher(s);
@@ -237,7 +249,8 @@ static const char *handshake(worker *w, int n, int cfg, SSL_SESSION *sess, SSL_S
         why = "unexpected cipher";
         goto end;
     }
-    if (SSL_get_extms_support(s) != cfg_ems(cfg) || SSL_get_extms_support(c) != cfg_ems(cfg)) {
+    if (!cfg_tls13(cfg) &&
+        (SSL_get_extms_support(s) != cfg_ems(cfg) || SSL_get_extms_support(c) != cfg_ems(cfg))) {
         why = "extended master secret not as configured";
         goto end;
     }
@@ -311,13 +324,15 @@ static void *run_worker(void *arg)
             w->done++;
             if (sess == NULL)
                 w->full[cfg_cipher(cfg)]++;
+            else if (cfg_tls13(cfg))
+                w->resumed13++;
             else if (cfg_ticket(cfg))
                 w->resumed_ticket++;
             else
                 w->resumed_sid++;
             if (cfg_ems(cfg))
                 w->ems_on++;
-            else
+            else if (!cfg_tls13(cfg))
                 w->ems_off++;
         }
         if (fresh != NULL) {
@@ -440,8 +455,9 @@ int main(int argc, char **argv)
     for (int t = 0; t < nthreads; t++) {
         sum.done += w[t].done;
         sum.failed += w[t].failed;
-        sum.full[0] += w[t].full[0];
-        sum.full[1] += w[t].full[1];
+        for (int k = 0; k < 4; k++)
+            sum.full[k] += w[t].full[k];
+        sum.resumed13 += w[t].resumed13;
         sum.resumed_ticket += w[t].resumed_ticket;
         sum.resumed_sid += w[t].resumed_sid;
         sum.ems_on += w[t].ems_on;
@@ -450,11 +466,13 @@ int main(int argc, char **argv)
         sum.resume_fallback += w[t].resume_fallback;
     }
     printf("  handshakes passed  %d of %d (failed: %d)\n", sum.done, total, sum.failed);
-    printf("  full               %d RSA key exchange (%s), %d ECDHE-RSA (%s)\n", sum.full[0],
-           cipher_names[0], sum.full[1], cipher_names[1]);
-    printf("  resumed            %d by ticket, %d by session ID (%d asked for before a session "
-           "existed: full instead)\n",
-           sum.resumed_ticket, sum.resumed_sid, sum.resume_fallback);
+    printf("  full               %d RSA key exchange (%s), %d ECDHE-RSA (%s); TLS 1.3: %d %s, "
+           "%d %s\n",
+           sum.full[0], cipher_names[0], sum.full[1], cipher_names[1], sum.full[2], cipher_names[2],
+           sum.full[3], cipher_names[3]);
+    printf("  resumed            %d by ticket, %d by session ID, %d TLS 1.3 by ticket (%d asked "
+           "for before a session existed: full instead)\n",
+           sum.resumed_ticket, sum.resumed_sid, sum.resumed13, sum.resume_fallback);
     printf("  extended master    %d on, %d off; exporters compared: %d\n", sum.ems_on, sum.ems_off,
            sum.exporters);
     printf("  time               %.1f s, %.0f handshakes/s\n", elapsed,
@@ -464,8 +482,9 @@ int main(int argc, char **argv)
     if (sum.failed != 0 || sum.done != total)
         fail = 1;
     if (total >= 8 * NCFG * 4 &&
-        (sum.full[0] == 0 || sum.full[1] == 0 || sum.resumed_ticket == 0 || sum.resumed_sid == 0 ||
-         sum.ems_on == 0 || sum.ems_off == 0 || sum.exporters == 0)) {
+        (sum.full[0] == 0 || sum.full[1] == 0 || sum.full[2] == 0 || sum.full[3] == 0 ||
+         sum.resumed13 == 0 || sum.resumed_ticket == 0 || sum.resumed_sid == 0 || sum.ems_on == 0 ||
+         sum.ems_off == 0 || sum.exporters == 0)) {
         fprintf(stderr, "thread_handshakes: some kind of handshake never happened\n");
         fail = 1;
     }

@@ -18,6 +18,10 @@
 #     nss (sealed, the token in the worker): those whose token objects are gone (a
 #     small handle cache, then more handshakes); the secrets of the last handshakes,
 #     still objects of the in-process token, are found there: the search's control
+#   7 post-handshake client authentication (s_server's "c" command; before 6): the client
+#     (p11tls with its key in the token) answers with its certificate and a
+#     Finished keyed by a secret derived from its application traffic secret; the
+#     server checks it in its token
 set -euo pipefail
 src=${P11TLS_SOURCE_DIR:?}
 . "$src/scripts/lib/nginx.sh"
@@ -190,6 +194,29 @@ else
     grep -q "C_Sign -> CKR_OK" "$work/curl-dbg"
 fi
 ngx_stop "$ngx"
+
+# ---------------------------- 7 post-handshake client authentication (before 6)
+SPORT=$(p11_free_port)
+rm -f "$work/pha.in"
+mkfifo "$work/pha.in"
+# the server's stdin: "c" (SSL_verify_client_post_handshake) once the client is in
+(sleep 2.5; echo c; sleep 2.5) > "$work/pha.in" &
+spids+=($!)
+OPENSSL_CONF=$cnf timeout 30 openssl s_server -accept "127.0.0.1:$SPORT" -key "$P11TLS_KEY_URI" \
+  -cert "$P11TLS_CERT" -CAfile "$P11TLS_CA" -verify_return_error < "$work/pha.in" > "$work/pha-s.out" 2>&1 &
+spids+=($!)
+for i in $(seq 1 50); do grep -q '^ACCEPT' "$work/pha-s.out" && break; sleep 0.1; done
+(sleep 4; printf 'after\n') | OPENSSL_CONF=$cnf timeout 20 openssl s_client -connect "127.0.0.1:$SPORT" \
+  -tls1_3 -enable_pha -cert "$P11TLS_CLIENT_CERT" -key "$P11TLS_CLIENT_KEY_PEM" -CAfile "$P11TLS_CERT" \
+  > "$work/pha-c.out" 2>&1 || true
+stop_server
+check "post-handshake auth: the handshake did not ask for a certificate (no client chain before 'c')" \
+  bash -c "! sed -n '1,/^CIPHER is/p' '$work/pha-s.out' | grep -q 'CN = p11tls-client'"
+check "post-handshake auth: the server verified the client's certificate after 'c'" \
+  grep -q "^depth=0 CN = p11tls-client" "$work/pha-s.out"
+check "post-handshake auth: and its Finished (SSL_do_handshake -> 1, checked in the token)" \
+  grep -q "^SSL_do_handshake -> 1" "$work/pha-s.out"
+check "post-handshake auth: the connection carries data afterwards" grep -q "^after" "$work/pha-s.out"
 
 # ------------------------------------------------------------ 6 memory dump
 dump_check() { # dump_check CNF N-MEASURED N-AFTER

@@ -125,6 +125,17 @@ CK_RV p11_hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key, const 
 CK_RV p11_p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
                  size_t lslen, unsigned char *out, size_t outlen);
 
+/* ecdh.c: an ECDH secret's object behind handle (n bytes), taken out of the
+ * pre-master table (the caller destroys it); 0 if handle is not one. */
+int p11_ecdh_take(p11_session *s, const unsigned char *h, size_t n, CK_OBJECT_HANDLE *obj,
+                  CK_SESSION_HANDLE *owner);
+/* CKA_EC_POINT (an uncompressed point of a field of flen bytes, DER OCTET STRING
+ * wrapped as PKCS#11 says, or bare as some tokens give it): the bare point (1 + 2 flen
+ * bytes) into out; 0 if it is neither. */
+int p11_ec_point_from_attr(const unsigned char *a, size_t alen, size_t flen, unsigned char *out);
+/* At activation: can the token generate a key pair of curve c and derive with it? */
+int p11_ecdh_probe(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, p11_token *t, p11_curve c);
+
 /* caps.c */
 void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE h, int force_ms,
                     p11_caps *c);
@@ -168,6 +179,7 @@ typedef struct {
     CK_SESSION_HANDLE owner; /* set by p11_registry_get: the session that made obj[] */
 } p11_reg_value;
 #define P11_REG_SHARED 2u /* obj[0] is not the entry's own: never destroyed with it */
+#define P11_REG_ECDH 4u   /* pms: obj[0] is an ECDH shared secret (ecdh.c) */
 /* own_sessions: objects are made in the registry's own sessions (generations,
  * p11_registry_make_begin), never destroyed one by one (the master-secret cache). */
 p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime, int own_sessions);

@@ -93,6 +93,13 @@ CK_RV p11_module_reinit(p11_module *m);
 /* --------------------------------------------------------- capabilities */
 typedef enum { P11_LEVEL_NONE = 0, P11_LEVEL_TRANSIENT = 1, P11_LEVEL_SEALED = 2 } p11_level;
 typedef enum { P11_MS_NONE = 0, P11_MS_HMAC, P11_MS_SP800_108, P11_MS_NATIVE } p11_ms_strategy;
+/* ECDHE curves a token may do (ecdh.c) */
+typedef enum {
+    P11_CURVE_P256 = 0,
+    P11_CURVE_P384 = 1,
+    P11_CURVE_P521 = 2,
+    P11_CURVE_N = 3
+} p11_curve;
 typedef struct {
     int rsa_pkcs, rsa_pkcs_unwrap, rsa_oaep, rsa_pss, rsa_x509;
     int generic_keygen, aes_keygen;
@@ -116,6 +123,11 @@ typedef struct {
      * `sealed`), P11_MS_HMAC (HMAC sign, `transient`), or P11_MS_NONE */
     p11_ms_strategy tls13;
     p11_level level13;
+    /* ECDHE in the token per curve (a key pair generated and a secret derived at
+     * activation); used where both key schedules keep secrets sealed (ecdhe_why:
+     * else why not, for the status) */
+    int ecdh[P11_CURVE_N];
+    const char *ecdhe_why;
     char missing[256]; /* what keeps this token below `sealed` */
 } p11_caps;
 const char *p11_level_name(p11_level l);
@@ -247,6 +259,24 @@ int p11_tls13_hmac(p11_token *t, p11_prf_hash h, const unsigned char *key,
                    const unsigned char *data, size_t datalen, unsigned char *out);
 /* 1 if key (n bytes) is a TLS 1.3 handle this process holds (cached). */
 int p11_tls13_known(p11_token *t, const unsigned char *key, size_t n);
+
+/* --------------------------------------------------------------- ECDHE */
+/* "P-256", "prime256v1", "secp256r1", ...: the curve, or -1. */
+int p11_curve_from_name(const char *name);
+const char *p11_curve_name(p11_curve c); /* "P-256" */
+size_t p11_curve_field_len(p11_curve c); /* the shared secret's length: 32, 48, 66 */
+/* An ephemeral key pair generated in the token (session objects; the private half
+ * sensitive, not extractable); freeing it destroys the private key. */
+typedef struct p11_eckey p11_eckey;
+p11_eckey *p11_ecdh_keygen(p11_token *t, p11_curve c);
+void p11_eckey_free(p11_eckey *k);
+p11_curve p11_eckey_curve(const p11_eckey *k);
+/* The public point, uncompressed (04 || X || Y). */
+const unsigned char *p11_eckey_point(const p11_eckey *k, size_t *len);
+/* ECDH with the peer's uncompressed point: the shared secret is derived into the token;
+ * out (the field's length) receives its handle, which p11_tls_master and
+ * p11_tls13_extract take in place of the secret (once). */
+int p11_ecdh_derive(p11_eckey *k, const unsigned char *peer, size_t peerlen, unsigned char *out);
 
 /* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
 unsigned long p11_tls_live_objects(p11_token *t);

@@ -313,7 +313,10 @@ again:
             back = -1;
             if (t->gen == gen) {
                 t->nopen--;
-                if (rv_is_device_loss(rv))
+                /* (SoftHSM2: a store read while another process rewrote it can leave
+                 * this initialisation's view of the token without its user PIN, for
+                 * good; a fresh initialisation reads it again: handled as a loss) */
+                if (rv_is_device_loss(rv) || rv == CKR_USER_PIN_NOT_INITIALIZED)
                     back = lose_locked(t, "C_Login", rv);
             }
             pthread_cond_signal(&t->cond);

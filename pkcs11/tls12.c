@@ -333,7 +333,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     p11_session s;
     p11_reg_value pv, mv;
     void *ref;
-    int is_pms = 0;
+    int is_pms = 0, is_ecdh = 0;
+    CK_SESSION_HANDLE ecdh_owner = CK_INVALID_HANDLE;
     CK_OBJECT_HANDLE base = CK_INVALID_HANDLE, ms = CK_INVALID_HANDLE;
     CK_RV rv = CKR_OK;
     const char *call = "C_DeriveKey";
@@ -366,8 +367,11 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
         base = pv.flags ? pv.obj[0] : pv.obj[1] != CK_INVALID_HANDLE ? pv.obj[1] : stand_in;
         if (rv == CKR_OK)
             call = "C_DeriveKey";
+    } else if (p11_ecdh_take(&s, secret, secretlen, &base, &ecdh_owner)) {
+        /* an ECDHE secret derived in the token (ecdh.c): its handle */
+        is_ecdh = 1;
     } else {
-        /* Raw bytes (an ECDHE secret, a client's own pre-master secret): into the
+        /* Raw bytes (an ECDHE secret made in software, a client's own pre-master secret): into the
          * token as a sensitive session object. HMAC keys shorter than the block
          * are zero-padded by HMAC itself, so padding to 48 bytes changes nothing
          * and meets tokens' minimum HMAC key sizes. */
@@ -440,6 +444,8 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     if (is_pms) {
         lost = keep_loss(lost, destroy_always(&s, pv.obj[0], pv.owner));
         lost = keep_loss(lost, p11_destroy_owned(&s, pv.obj[1], pv.owner));
+    } else if (is_ecdh) {
+        lost = keep_loss(lost, p11_destroy_owned(&s, base, ecdh_owner));
     } else {
         lost = keep_loss(lost, p11_destroy(&s, base));
     }

@@ -468,6 +468,8 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     CK_RV rv = CKR_OK;
     const char *call = "C_DeriveKey";
     unsigned char d[48], ikmb[48], prk[48];
+    CK_OBJECT_HANDLE ecdh = CK_INVALID_HANDLE;
+    CK_SESSION_HANDLE ecdh_owner = CK_INVALID_HANDLE;
 
     if (t->caps.tls13 == P11_MS_NONE || (ikm_is_handle && (prev != NULL || ikmlen != n)) ||
         ikmlen > 1024) {
@@ -507,6 +509,9 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     } else if (rv == CKR_OK && ikm_is_handle && t->caps.tls13 == P11_MS_NATIVE) {
         call = "C_UnwrapKey";
         rv = secret_object(&s, ikm, n, &in, &iref);
+    } else if (rv == CKR_OK && t->caps.tls13 == P11_MS_NATIVE &&
+               p11_ecdh_take(&s, ikm, ikmlen, &ecdh, &ecdh_owner)) {
+        in = ecdh; /* an ECDHE secret derived in the token (ecdh.c): its handle */
     }
     if (rv != CKR_OK) {
         /* (nothing made yet) */
@@ -565,6 +570,11 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
             p11_scrub_heap();
     }
 done:
+    if (ecdh != CK_INVALID_HANDLE) { /* used once: the handshake secret is made */
+        CK_RV drv = p11_destroy_owned(&s, ecdh, ecdh_owner);
+        if (rv == CKR_OK && p11_rv_is_session_loss(drv))
+            rv = drv;
+    }
     p11_registry_release(t->ms, &s, pref);
     p11_registry_release(t->ms, &s, iref);
     p11_session_put(&s, rv);

@@ -319,6 +319,16 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     if (!p11_session_get(t, &s))
         goto fail;
     p11_caps_probe(t->fl, t->slot, s.h, cfg->force_ms, &t->caps);
+    /* ECDHE in the token where both key schedules are sealed: at `transient` the
+     * shared secret could not be an HKDF input or a short HMAC key */
+    if (t->caps.ms == P11_MS_NATIVE && t->caps.tls13 == P11_MS_NATIVE) {
+        for (int c = 0; c < P11_CURVE_N; c++)
+            t->caps.ecdh[c] = p11_ecdh_probe(t->fl, s.h, t, (p11_curve)c);
+        t->caps.ecdhe_why = "the token has no EC key generation and ECDH for these curves";
+    } else {
+        t->caps.ecdhe_why = "its HMAC-built key schedule cannot take the shared secret as a "
+                            "token object";
+    }
     p11_session_put(&s, CKR_OK);
     p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
               p11_ms_strategy_name(t->caps.ms));

@@ -16,10 +16,19 @@
 #include "provider.h"
 
 /* p11tls's own keys, then what the core itself reads from the section. */
-static const char *const own_keys[] = {"pkcs11-module", "pkcs11-init-args", "token",
-                                       "pin-source",    "min-assurance",    "debug",
-                                       "max-sessions",  "handle-lifetime",  "handle-cache-size",
-                                       "strategy",      "scrub-heap",       NULL};
+static const char *const own_keys[] = {"pkcs11-module",
+                                       "pkcs11-init-args",
+                                       "token",
+                                       "pin-source",
+                                       "min-assurance",
+                                       "debug",
+                                       "max-sessions",
+                                       "handle-lifetime",
+                                       "handle-cache-size",
+                                       "strategy",
+                                       "scrub-heap",
+                                       "ecdhe",
+                                       NULL};
 static const char *const core_keys[] = {"module", "activate", "identity", "soft_load", NULL};
 
 /* pkcs11-provider's names for the same settings (documented aliases). */
@@ -69,6 +78,7 @@ int p11tls_cfg_read(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn
                       OSSL_PARAM_utf8_ptr("handle-cache-size", &c->handle_cache, 0),
                       OSSL_PARAM_utf8_ptr("strategy", &c->strategy, 0),
                       OSSL_PARAM_utf8_ptr("scrub-heap", &c->scrub_heap, 0),
+                      OSSL_PARAM_utf8_ptr("ecdhe", &c->ecdhe, 0),
                       OSSL_PARAM_utf8_ptr(aliases[0].alias, &alias_val[0], 0),
                       OSSL_PARAM_utf8_ptr(aliases[1].alias, &alias_val[1], 0),
                       OSSL_PARAM_utf8_ptr(aliases[2].alias, &alias_val[2], 0),

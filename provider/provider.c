@@ -23,7 +23,17 @@ static OSSL_FUNC_provider_query_operation_fn p11tls_query;
 
 static const OSSL_ALGORITHM p11tls_keymgmt[] = {
     ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_keymgmt_functions),
+    ALG("EC:id-ecPublicKey:1.2.840.10045.2.1", p11tls_ec_keymgmt_functions),
     {NULL, NULL, NULL, NULL}};
+/* 'ecdhe = require': also X25519 and X448, refused (keymgmt_ec.c) */
+static const OSSL_ALGORITHM p11tls_keymgmt_require[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_keymgmt_functions),
+    ALG("EC:id-ecPublicKey:1.2.840.10045.2.1", p11tls_ec_keymgmt_functions),
+    ALG("X25519:1.3.101.110", p11tls_refused_keymgmt_functions),
+    ALG("X448:1.3.101.111", p11tls_refused_keymgmt_functions),
+    {NULL, NULL, NULL, NULL}};
+static const OSSL_ALGORITHM p11tls_keyexch[] = {ALG("ECDH", p11tls_ecdh_keyexch_functions),
+                                                {NULL, NULL, NULL, NULL}};
 static const OSSL_ALGORITHM p11tls_signature[] = {
     ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", p11tls_rsa_signature_functions),
     {NULL, NULL, NULL, NULL}};
@@ -46,12 +56,35 @@ static const OSSL_ALGORITHM p11tls_decoder[] = {
      "provider=" P11TLS_NAME ",input=der,structure=pk11-uri", p11tls_uri_der2key_functions, NULL},
     {NULL, NULL, NULL, NULL}};
 
+/* "ECDHE in the token: P-256 P-384 P-521" (for the status), or why not. */
+static const char *ecdhe_status(const P11TLS_PROV *prov, const p11_caps *c)
+{
+    static _Thread_local char buf[160];
+    size_t o;
+    if (prov->ecdhe == P11TLS_ECDHE_SOFTWARE)
+        return "ECDHE in software (ecdhe = software)";
+    o = (size_t)snprintf(buf, sizeof(buf), "ECDHE in the token:");
+    for (int i = 0; i < P11_CURVE_N; i++)
+        if (c->ecdh[i] && o < sizeof(buf))
+            o += (size_t)snprintf(buf + o, sizeof(buf) - o, " %s", p11_curve_name((p11_curve)i));
+    if (strcmp(buf, "ECDHE in the token:") == 0)
+        snprintf(buf, sizeof(buf), "ECDHE in software: %s%s", c->ecdhe_why,
+                 prov->ecdhe == P11TLS_ECDHE_REQUIRE ? " (ecdhe = require: refused)" : "");
+    else if (o < sizeof(buf))
+        snprintf(buf + o, sizeof(buf) - o, "; other groups %s",
+                 prov->ecdhe == P11TLS_ECDHE_REQUIRE ? "refused" : "in software");
+    return buf;
+}
+
 static const OSSL_ALGORITHM *p11tls_query(void *provctx, int op, int *no_cache)
 {
     *no_cache = 0;
     switch (op) {
     case OSSL_OP_KEYMGMT:
-        return p11tls_keymgmt;
+        return ((P11TLS_PROV *)provctx)->ecdhe == P11TLS_ECDHE_REQUIRE ? p11tls_keymgmt_require
+                                                                       : p11tls_keymgmt;
+    case OSSL_OP_KEYEXCH:
+        return p11tls_keyexch;
     case OSSL_OP_SIGNATURE:
         return p11tls_signature;
     case OSSL_OP_ASYM_CIPHER:
@@ -175,6 +208,7 @@ static const OSSL_DISPATCH p11tls_dispatch[] = {
     {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, (void (*)(void))p11tls_gettable_params},
     {OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))p11tls_get_params},
     {OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))p11tls_query},
+    {OSSL_FUNC_PROVIDER_GET_CAPABILITIES, (void (*)(void))p11tls_get_capabilities},
     {0, NULL}};
 
 static int parse_uint(const char *opt, const char *v, unsigned *out, unsigned max)
@@ -285,6 +319,17 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
             goto fail;
         }
     }
+    if (c.ecdhe != NULL) {
+        if (strcasecmp(c.ecdhe, "software") == 0)
+            prov->ecdhe = P11TLS_ECDHE_SOFTWARE;
+        else if (strcasecmp(c.ecdhe, "require") == 0)
+            prov->ecdhe = P11TLS_ECDHE_REQUIRE;
+        else if (strcasecmp(c.ecdhe, "token") != 0) {
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                           "p11tls: option 'ecdhe' is not token, software or require");
+            goto fail;
+        }
+    }
     if (!parse_uint("max-sessions", c.max_sessions, &tc.max_sessions, 1024) ||
         !parse_uint("handle-lifetime", c.handle_lifetime, &tc.handle_lifetime, 7 * 86400) ||
         !parse_uint("handle-cache-size", c.handle_cache, &tc.handle_cache_max, 1u << 22))
@@ -323,9 +368,10 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
                  "computed outside the token; the token offers assurance %s)",
                  p11_token_label(prov->token), p11_level_name(caps->level));
     else
-        set_name(prov, "p11tls: token '%s', assurance %s (TLS 1.2: %s; TLS 1.3: %s)",
+        set_name(prov, "p11tls: token '%s', assurance %s (TLS 1.2: %s; TLS 1.3: %s; %s)",
                  p11_token_label(prov->token), p11_level_name(caps->level),
-                 p11_ms_strategy_name(caps->ms), p11_tls13_strategy_name(caps->tls13));
+                 p11_ms_strategy_name(caps->ms), p11_tls13_strategy_name(caps->tls13),
+                 ecdhe_status(prov, caps));
     /* Public-key operations and digests run in a library context of our own
      * holding only the default provider: no way back into p11tls from there. */
     prov->libctx = OSSL_LIB_CTX_new();

@@ -27,13 +27,19 @@ typedef struct {
     int routing;        /* routing.c: 0 not checked yet, 1 p11tls's TLS operations win */
     char *routing_name; /* "p11tls: NOT USABLE: why they do not" (after a failed check) */
     char *prov_name;    /* the provider's name in openssl.cnf */
+    int ecdhe;          /* P11TLS_ECDHE_*: option 'ecdhe' */
 } P11TLS_PROV;
+
+/* Option 'ecdhe': key shares of the groups the token can do are made in the token
+ * (token, the default), or none is (software); require: a key share of a group the
+ * token lacks is refused (the handshake fails) instead of being made in software. */
+enum { P11TLS_ECDHE_TOKEN = 0, P11TLS_ECDHE_SOFTWARE = 1, P11TLS_ECDHE_REQUIRE = 2 };
 
 /* The keys of p11tls's openssl.cnf section (config.c). Pointers into the core's
  * copy of the configuration, valid while the provider is loaded. */
 typedef struct {
     char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
-    char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap;
+    char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap, *ecdhe;
     char *prov_name;   /* the provider's name in openssl.cnf */
     int alias_used[3]; /* pkcs11-module-path, -init-args, -token-pin given instead */
 } p11tls_cfg;
@@ -74,6 +80,21 @@ EVP_PKEY *p11tls_pub_from_ne(P11TLS_PROV *prov, const unsigned char *n, size_t n
 /* Loads the private key a pkcs11: URI names, from the provider's token. */
 P11TLS_KEY *p11tls_key_from_uri(P11TLS_PROV *prov, const char *uri);
 
+/* An EC key (keymgmt_ec.c): an ephemeral ECDHE key pair in the token (tok, with its
+ * public key in sw), or a software key (parameters only, public, or a pair made for a
+ * group the token lacks) in prov->libctx. */
+typedef struct {
+    P11TLS_PROV *prov;
+    EVP_PKEY *sw;
+    p11_eckey *tok;
+    int sel; /* OSSL_KEYMGMT_SELECT_* bits the key holds */
+} P11TLS_EC;
+
+/* capabilities.c: the TLS-GROUP capabilities of the EC groups (keymgmt_ec.c). */
+int p11tls_get_capabilities(void *provctx, const char *capability, OSSL_CALLBACK *cb, void *arg);
+extern const OSSL_DISPATCH p11tls_ec_keymgmt_functions[];
+extern const OSSL_DISPATCH p11tls_ecdh_keyexch_functions[];
+extern const OSSL_DISPATCH p11tls_refused_keymgmt_functions[];
 extern const OSSL_DISPATCH p11tls_rsa_keymgmt_functions[];
 extern const OSSL_DISPATCH p11tls_rsa_signature_functions[];
 extern const OSSL_DISPATCH p11tls_rsa_asym_cipher_functions[];

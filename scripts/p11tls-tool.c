@@ -467,6 +467,17 @@ static int cmd_info(int argc, char **argv)
     printf("level: %s\n", p11_level_name(c->level));
     printf("ms-strategy: %s\n", p11_ms_strategy_name(c->ms));
     printf("tls13: %s (%s)\n", p11_level_name(c->level13), p11_tls13_strategy_name(c->tls13));
+    {
+        int any = 0;
+        printf("ecdhe:");
+        for (int i = 0; i < P11_CURVE_N; i++)
+            if (c->ecdh[i]) {
+                printf(" %s", p11_curve_name((p11_curve)i));
+                any = 1;
+            }
+        printf(any ? " (key shares in the token; other groups in software)\n" : " software (%s)\n",
+               c->ecdhe_why);
+    }
     printf("missing: %s\n", c->missing[0] != '\0' ? c->missing : "(nothing)");
     if (c->level != P11_LEVEL_NONE) {
         int present = p11_tls_handle_key_present(t);

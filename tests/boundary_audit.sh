@@ -58,16 +58,25 @@ tls_init
 
 HANDSHAKES=${P11TLS_AUDIT_HANDSHAKES:-20}
 PROTO=${P11TLS_AUDIT_PROTO:-tls12}
+# ecdhe13 / ecdhe12: TLS 1.3 / TLS 1.2 ECDHE-RSA handshakes on the NIST curves the token
+# can do (the server takes only those), the clients' shared secrets among the values
+EC=0
+case "$PROTO" in
+  ecdhe13) PROTO=tls13 EC=1 ;;
+  ecdhe12) PROTO=tls12 EC=1 ;;
+esac
+EC_GROUPS=(P-256 P-384 P-521)
 if [ "$PROTO" = tls13 ]; then
   CIPHERS=(TLS_AES_128_GCM_SHA256 TLS_AES_256_GCM_SHA384 TLS_CHACHA20_POLY1305_SHA256)
   PER_HS=5 # keylog secrets per handshake
 else
   CIPHERS=(AES128-GCM-SHA256 AES256-GCM-SHA384 ECDHE-RSA-AES128-GCM-SHA256)
+  [ "$EC" = 1 ] && CIPHERS=(ECDHE-RSA-AES128-GCM-SHA256 ECDHE-RSA-AES256-GCM-SHA384)
   PER_HS=1
 fi
 SPY_OUT=$WORK/spy.out
 : >"$SPY_OUT"
-if [ "$PROTO" = tls13 ]; then
+if [ "$PROTO" = tls13 ] || [ "$EC" = 1 ]; then
   # the clients record every secret of their key schedule (tests/spy)
   tls_spy_cnf "$WORK/spy.cnf"
   export P11SPY_OUT=$SPY_OUT
@@ -78,7 +87,7 @@ MODDIR=/etc/pkcs11/modules
 MODFILE=$MODDIR/p11tls-audit-$$.module
 MADE_DIRS=()
 
-echo "# token kind: $P11TLS_KIND, protocol: $PROTO"
+echo "# token kind: $P11TLS_KIND, protocol: $PROTO$([ "$EC" = 1 ] && echo ", ECDHE on ${EC_GROUPS[*]}")"
 case "$P11TLS_KIND" in
   nss) LEVEL=sealed ;;
   *) LEVEL=transient ;;
@@ -215,6 +224,12 @@ else
   # TLS 1.3: the server takes only X25519, so a client that offers a P-256 key share
   # first gets a HelloRetryRequest
   if [ "$PROTO" = tls13 ]; then sproto=(-tls1_3 -groups X25519); else sproto=(-tls1_2); fi
+  # ECDHE: only the token's curves; a client whose first key share is X25519 gets a
+  # HelloRetryRequest for one of them
+  [ "$EC" = 1 ] && sproto=("${sproto[0]}" -groups "$(
+    IFS=:
+    echo "${EC_GROUPS[*]}"
+  )")
   if ! OPENSSL_CONF=$SERVER_CNF tls_start_server s_server "" -key "$P11TLS_KEY_URI" \
     -cert "$P11TLS_CERT" "${sproto[@]}" -www -keylogfile "$WORK/server.keylog"; then
     not_ok "s_server starts with the token behind p11-kit's proxy"
@@ -238,12 +253,21 @@ else
       1) copt+=(-groups P-256:X25519 -msg) desc="full, HRR" ;;
       2) copt+=(-sess_in "$WORK/sess$((i - 2))") desc="resumed" kind=Reused ;;
       esac
+      if [ "$EC" = 1 ]; then # the token's curves, in turn; the HRR one from X25519 to P-384
+        g=${EC_GROUPS[(i / 3) % 3]}
+        [ $((i % 3)) = 1 ] && g=X25519:P-384
+        copt=("${copt[@]/#-groups/-groups}")
+        [ $((i % 3)) = 1 ] && copt=(-tls1_3 -ciphersuites "$cipher" -msg)
+        copt+=(-groups "$g")
+        desc="$desc, ${g##*:}"
+      fi
       pname=TLSv1.3
     else
       cipher=${CIPHERS[i % ${#CIPHERS[@]}]}
       copt=(-tls1_2 -cipher "$cipher")
       pname=TLSv1.2
       desc=full
+      [ "$EC" = 1 ] && copt+=(-groups "${EC_GROUPS[i % 3]}") desc="full, ${EC_GROUPS[i % 3]}"
     fi
     echo "$cipher $desc" >>"$WORK/hsdesc"
     echo "# $i $cipher $desc" >>"$SPY_OUT"
@@ -284,7 +308,7 @@ keylog_values "$WORK/client.keylog" >"$WORK/secrets"
 awk -v re="$LABELS_RE" 'NF == 3 && $1 ~ re { print $1 }' "$WORK/client.keylog" >"$WORK/labels"
 keylog_values "$WORK/server.keylog" >"$WORK/handles"
 awk -v re="$LABELS_RE" 'NF == 3 && $1 ~ re { print $1 }' "$WORK/server.keylog" >"$WORK/handle-labels"
-nsec=$(grep -c -E '^([0-9a-f]{64}|[0-9a-f]{96})$' "$WORK/secrets" || true)
+nsec=$(grep -c -E '^([0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{132})$' "$WORK/secrets" || true)
 nhandles=$(grep -c -E '^([0-9a-f]{64}|[0-9a-f]{96})$' "$WORK/handles" || true)
 check_eq "client keylog: $PER_HS secret(s) per handshake" "$((HANDSHAKES * PER_HS))" "$nsec"
 [ "$SERVER" = nginx ] || check_eq "server keylog: $PER_HS handle(s) per handshake" "$((HANDSHAKES * PER_HS))" "$nhandles"
@@ -296,10 +320,11 @@ else
 fi
 # one description per value: its handshake's cipher and kind
 for ((i = 0; i < nsec; i++)); do sed -n "$((i / PER_HS + 1))p" "$WORK/hsdesc"; done >"$WORK/descs"
-if [ "$PROTO" = tls13 ]; then
+if [ -n "${TLS_CLIENT_CNF:-}" ]; then
   # Every secret the clients' key schedules made (tests/spy), once each, with its label
   # and handshake; what leaves the token by design (record keys and IVs) is not a
-  # secret here, and a value made in several handshakes is a public constant.
+  # secret here, and an early secret or salt made in several handshakes (no PSK) is a
+  # public constant.
   awk '
     /^# / { hs = $2; desc = $3 " " $4; for (i = 5; i <= NF; i++) desc = desc " " $i; next }
     NF == 2 && $1 != "key" && $1 != "iv" && $1 != "exporter" {
@@ -310,18 +335,21 @@ if [ "$PROTO" = tls13 ]; then
     END {
       for (i = 0; i < n; i++) {
         v = order[i]
-        if (nhs[v] > 1) print "const", lab[v], v, d[v] > "/dev/stderr"
+        if (nhs[v] > 1 && (lab[v] == "extract" || lab[v] == "derived"))
+          print "const", lab[v], v, d[v] > "/dev/stderr"
         else print v, lab[v], d[v]
       }
     }' "$SPY_OUT" >"$WORK/spy-values" 2>"$WORK/spy-consts"
   nspy=$(wc -l <"$WORK/spy-values")
   echo "# the clients' key schedules (tests/spy): $nspy secrets; left out as public constants:" \
     "$(awk '{print $2}' "$WORK/spy-consts" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
-  check "the spy recorded the clients' secrets ($nspy; at least 12 per handshake)" \
-    [ "$nspy" -ge $((HANDSHAKES * 12)) ]
+  if [ "$PROTO" = tls13 ]; then min=12 spied="extract derived finished res_master resumption"; else min=2 spied="pms master"; fi
+  [ "$EC" = 1 ] && [ "$PROTO" = tls13 ] && spied="$spied ikm"
+  check "the spy recorded the clients' secrets ($nspy; at least $min per handshake)" \
+    [ "$nspy" -ge $((HANDSHAKES * min)) ]
   missing=$(awk '{print $1}' "$WORK/spy-values" | sort | comm -13 - <(sort "$WORK/secrets") | wc -l)
   check_eq "control: every keylog secret is among the spy's values" 0 "$missing"
-  for l in extract derived finished res_master resumption; do
+  for l in $spied; do
     check "the audited values include the spy's '$l' secrets" grep -q " $l " "$WORK/spy-values"
   done
   awk '{print $1}' "$WORK/spy-values" >"$WORK/secrets"
@@ -335,10 +363,29 @@ if [ -s "$LOG" ]; then
 else
   not_ok "p11-kit's call log is not empty"
 fi
-if [ "$PROTO" = tls13 ]; then fns="C_Login C_Sign"; else fns="C_Login C_UnwrapKey C_Sign"; fi
+if [ "$PROTO" = tls13 ] || [ "$EC" = 1 ]; then fns="C_Login C_Sign"; else fns="C_Login C_UnwrapKey C_Sign"; fi
 for fn in $fns; do
   check_grep "p11-kit's call log records $fn calls" "$LOG" "^$fn\$"
 done
+if [ "$EC" = 1 ]; then
+  # ECDHE: a key pair per handshake generated in the token, the secret derived there;
+  # p11-kit logs no attribute values, so an imported secret (C_CreateObject) would be
+  # invisible above: none may be imported (the all-zero TLS 1.3 input key of each
+  # hash is made once per process)
+  ngen=$(grep -c '^C_GenerateKeyPair$' "$LOG" || true)
+  ncreate=$(grep -c '^C_CreateObject$' "$LOG" || true)
+  necdh=$(grep -c 'CKM_ECDH1_DERIVE' "$LOG" || true)
+  echo "# ECDHE calls in the log: C_GenerateKeyPair $ngen (NSS: 6 of them at activation, the probe), CKM_ECDH1_DERIVE $necdh, C_CreateObject $ncreate"
+  if [ "$LEVEL" = sealed ]; then
+    check "sealed: a key pair per handshake was generated in the token ($ngen >= $HANDSHAKES)" [ "$ngen" -ge "$HANDSHAKES" ]
+    check "sealed: the shared secrets were derived in the token (CKM_ECDH1_DERIVE: $necdh >= $HANDSHAKES)" [ "$necdh" -ge "$HANDSHAKES" ]
+    check "sealed: no secret was imported (C_CreateObject: $ncreate <= 2)" [ "$ncreate" -le 2 ]
+  else
+    # transient: p11tls's key schedule is HMAC-built; the shared secret is made by
+    # libssl in software and imported (it crosses inward; see the README)
+    check "transient: ECDHE in software, its secret imported (C_GenerateKeyPair: $ngen = 0)" [ "$ngen" -eq 0 ]
+  fi
+fi
 
 # Look for each value in every byte buffer of the log. p11-kit's escaping is
 # not reversible (a byte 0x5C is printed as a bare backslash), so each value is
@@ -366,7 +413,7 @@ audit() {
     }
     my ($log, $vals) = @ARGV;
     open(my $v, "<", $vals) or die "$vals: $!";
-    my @vals = map { chomp; pack("H*", $_) } grep { /^([0-9a-f]{64}|[0-9a-f]{96})$/ } <$v>;
+    my @vals = map { chomp; pack("H*", $_) } grep { /^([0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{132})$/ } <$v>;
     close $v;
     my @bufs; my $text = ""; my $fn = "?";
     open(my $l, "<:raw", $log) or die "$log: $!";

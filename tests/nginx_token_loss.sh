@@ -180,15 +180,17 @@ check "no worker crashed or exited (error.log)" \
 check "nginx was neither restarted nor reloaded (error.log)" \
   bash -c "[ \$(grep -c 'start worker process [0-9]' '$ngx/error.log') -eq 2 ] && ! grep -q 'reconfiguring' '$ngx/error.log'"
 
-# request classes: ok, alert (TLS alert from the server), timeout (curl 28: a
-# hang), other (reset, EOF, HTTP status other than 200)
+# request classes: ok, alert (TLS alert from the server; a TLS 1.2 server that loses the
+# token between its ChangeCipherSpec and its Finished aborts there, which curl reports
+# as "data between ccs and finished"), timeout (curl 28: a hang), other (reset, EOF,
+# HTTP status other than 200)
 # classify FROM TO [within]: the requests that started in [FROM, TO) (with
 # "within": and also ended before TO; one that ends after it may meet the next loss)
 classify() {
   awk -v from="$1" -v to="$2" -v w="${3:-}" '$1 >= from && $1 < to && (w == "" || $2 < to) {
       if ($3 == 0 && $0 ~ /http=200/) ok++
       else if ($3 == 28) to_++
-      else if ($3 == 35 && $0 ~ /alert/) al++
+      else if ($3 == 35 && ($0 ~ /alert/ || $0 ~ /data between ccs and finished/)) al++
       else { other++; if (ex == "") ex = $0 }
     }
     END { printf "%d %d %d %d %s\n", ok, al, to_, other, ex }' "$work/load.all"

@@ -159,7 +159,11 @@ void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, u
 
 long tu_count_secret_objects(p11_token *t)
 {
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    return tu_count_session_objects(t, CKO_SECRET_KEY);
+}
+
+long tu_count_session_objects(p11_token *t, CK_OBJECT_CLASS cls)
+{
     CK_BBOOL no = CK_FALSE;
     CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
     CK_OBJECT_HANDLE objs[256];

@@ -36,6 +36,8 @@ void tu_make_em(unsigned char *em, size_t k, size_t mlen, tu_em_defect defect, u
 /* Secret-key session objects t's module shows (all sessions of this process; -1 if
  * the token cannot be searched). Behind p11-kit server each process has its own view. */
 long tu_count_secret_objects(p11_token *t);
+/* The same for session objects of class cls (CKO_PRIVATE_KEY: ECDHE key pairs). */
+long tu_count_session_objects(p11_token *t, CK_OBJECT_CLASS cls);
 /* Prints OpenSSL's error queue (for diagnosing failures) and clears it. */
 void tu_print_errors(void);
 #endif

@@ -71,9 +71,16 @@
  * finished key), the import, the 8 exports (24), 3 MACs (binder, 2 Finished) = 44. */
 #define TLS13_OPS_FULL 43
 #define TLS13_OPS_RES 44
-/* cipher indexes: 0 RSA kx, 1 ECDHE-RSA (TLS 1.2), 2 TLS 1.3 (X25519) */
+/* with the key share in the token (P-256): the pair generated, its point read, the public
+ * object destroyed, the secret derived, the private key and the secret destroyed (6),
+ * instead of the import (already counted): 5 more */
+#define TLS13_OPS_ECDHE 5
+/* cipher indexes: 0 RSA kx, 1 ECDHE-RSA (TLS 1.2), 2 TLS 1.3 (X25519: a software key
+ * share), 3 TLS 1.3 on P-256 (the key share in the token where it can) */
 #define CI_TLS13 2
-#define NCI 3
+#define CI_TLS13_P256 3
+#define NCI 4
+#define IS_TLS13(ci) ((ci) >= CI_TLS13)
 /* count: handle-cache-size of (c), so that its steady state comes quickly */
 #define COUNT_CACHE 64
 
@@ -334,9 +341,9 @@ typedef struct {
 } server_cfg;
 
 static OSSL_LIB_CTX *client_libctx;
-static SSL_CTX *client_ctx[NCI]; /* [0] RSA key exchange, [1] ECDHE-RSA, [2] TLS 1.3 */
-static const char *cipher_name[NCI] = {CIPHER_RSA, CIPHER_ECDHE, SUITE_TLS13};
-static const char *cipher_tag[NCI] = {"rsa", "ecdhe", "tls13"};
+static SSL_CTX *client_ctx[NCI]; /* [0] RSA kx, [1] ECDHE-RSA, [2] TLS 1.3, [3] on P-256 */
+static const char *cipher_name[NCI] = {CIPHER_RSA, CIPHER_ECDHE, SUITE_TLS13, SUITE_TLS13};
+static const char *cipher_tag[NCI] = {"rsa", "ecdhe", "tls13", "tls13p256"};
 
 static SSL_CTX *new_server_ctx(server_cfg *sc, int cache)
 {
@@ -370,7 +377,7 @@ static SSL_CTX *new_server_ctx13(server_cfg *sc)
 
 static SSL_CTX *server_ctx(server_cfg *sc, int ci, int resumed)
 {
-    if (ci == CI_TLS13)
+    if (IS_TLS13(ci))
         return sc->full13;
     return resumed ? sc->res : sc->full;
 }
@@ -382,11 +389,12 @@ static void make_client(void)
         die("client library context");
     for (int i = 0; i < NCI; i++) {
         SSL_CTX *c = SSL_CTX_new_ex(client_libctx, NULL, TLS_client_method());
-        int v = i == CI_TLS13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+        int v = IS_TLS13(i) ? TLS1_3_VERSION : TLS1_2_VERSION;
         if (c == NULL || !SSL_CTX_set_min_proto_version(c, v) ||
             !SSL_CTX_set_max_proto_version(c, v) ||
-            !(i == CI_TLS13 ? SSL_CTX_set_ciphersuites(c, cipher_name[i])
-                            : SSL_CTX_set_cipher_list(c, cipher_name[i])))
+            !(IS_TLS13(i) ? SSL_CTX_set_ciphersuites(c, cipher_name[i])
+                          : SSL_CTX_set_cipher_list(c, cipher_name[i])) ||
+            (i == CI_TLS13_P256 && !SSL_CTX_set1_groups_list(c, "P-256")))
             die("client SSL_CTX");
         SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
         SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
@@ -1421,21 +1429,26 @@ static int report(int nfiles, char **files)
     }
 
     /* ---------------- TLS 1.3 */
-    printf("\nTLS 1.3 handshakes (%s, X25519; stateless tickets: 2 after a full handshake, 1 "
+    printf("\nTLS 1.3 handshakes (%s; X25519: libssl's software key share; P-256: in the token "
+           "where it can; stateless tickets: 2 after a full handshake, 1 "
            "after a resumption, as nginx sends them;\nhs/s, server CPU us/hs). (b) here is p11tls "
            "with TLS 1.3 in software (key only: TLS13-KDF and HMAC from the default provider),\n"
            "(c) the key schedule in the token; the last column is what the token's key schedule "
            "adds to the server's CPU per handshake\n",
            SUITE_TLS13);
-    printf("%-15s %-8s %-17s %-17s %-24s %8s %12s\n", "token", "", "(a) hs/s  CPU", "(b) hs/s  CPU",
-           "(c) hs/s  CPU(+tok)", "(c)/(b)", "(c)-(b) us");
+    printf("%-15s %-14s %-17s %-17s %-24s %8s %12s\n", "token", "", "(a) hs/s  CPU",
+           "(b) hs/s  CPU", "(c) hs/s  CPU(+tok)", "(c)/(b)", "(c)-(b) us");
     for (int i = 0; i < nfiles; i++) {
         const kvfile *f = &F[i];
-        for (int res = 0; res < 2; res++) {
-            char ka[64], kb[64], kc[64], ccol[48], bcol[32];
-            snprintf(ka, sizeof(ka), "a.tls13.%s", res ? "res" : "full");
-            snprintf(kb, sizeof(kb), "b.tls13.%s", res ? "res" : "full");
-            snprintf(kc, sizeof(kc), "c.tls13.%s", res ? "res" : "full");
+        for (int r = 0; r < 4; r++) {
+            int res = r % 2;
+            const char *tag = r < 2 ? "tls13" : "tls13p256";
+            char ka[64], kb[64], kc[64], ccol[48], bcol[32], mode[32];
+            snprintf(ka, sizeof(ka), "a.%s.%s", tag, res ? "res" : "full");
+            snprintf(kb, sizeof(kb), "b.%s.%s", tag, res ? "res" : "full");
+            snprintf(kc, sizeof(kc), "c.%s.%s", tag, res ? "res" : "full");
+            snprintf(mode, sizeof(mode), "%s %s", r < 2 ? "X25519" : "P-256",
+                     res ? "resumed" : "full");
             double ah = kv_num(f, ka, "hs_s"), ac = kv_num(f, ka, "cpu_us");
             double bh = kv_num(f, kb, "hs_s"), bc = cpu_total(f, kb);
             double ch = kv_num(f, kc, "hs_s"), cc = kv_num(f, kc, "cpu_us"),
@@ -1452,9 +1465,8 @@ static int report(int nfiles, char **files)
                 snprintf(ccol, sizeof(ccol), "%7.0f %5.0f", ch, cc);
             else
                 snprintf(ccol, sizeof(ccol), "FAILED");
-            printf("%-15s %-8s %7.0f %6.0f    %-17s %-24s %8s %12s\n", kv_get(f, "kind"),
-                   res ? "resumed" : "full", ah, ac, bcol, ccol,
-                   fmt_num(b1, sizeof(b1), (bh > 0 && ch > 0) ? ch / bh : -1, 2),
+            printf("%-15s %-14s %7.0f %6.0f    %-17s %-24s %8s %12s\n", kv_get(f, "kind"), mode, ah,
+                   ac, bcol, ccol, fmt_num(b1, sizeof(b1), (bh > 0 && ch > 0) ? ch / bh : -1, 2),
                    fmt_num(b2, sizeof(b2), (bc > 0 && ct > 0) ? ct - bc : -1, 0));
         }
     }
@@ -1507,10 +1519,13 @@ static int report(int nfiles, char **files)
                     const char *v = "";
                     if (rot > 0)
                         snprintf(rots, sizeof(rots), "+%.2f rot", rot);
-                    if (cfg == 1 && ops >= 0 && ci != CI_TLS13)
+                    if (cfg == 1 && ops >= 0 && !IS_TLS13(ci))
                         v = sealed ? verdict(1, ops <= (res ? 4 : 8)) : "";
                     else if (cfg == 1 && ops >= 0)
-                        v = sealed ? verdict(1, ops <= (res ? TLS13_OPS_RES : TLS13_OPS_FULL)) : "";
+                        v = sealed
+                                ? verdict(1, ops <= (res ? TLS13_OPS_RES : TLS13_OPS_FULL) +
+                                                        (ci == CI_TLS13_P256 ? TLS13_OPS_ECDHE : 0))
+                                : "";
                     printf("    (%s) %-6s %-7s calls %6s ops %6s %-9s %-10s %-4s %s\n",
                            cfg ? "c" : "b", cipher_tag[ci], res ? "resumed" : "full",
                            fmt_num(b1, sizeof(b1), calls, 2), fmt_num(b2, sizeof(b2), ops, 2), rots,

@@ -8,7 +8,7 @@
 #   P11TLS_FUZZ_BUILD    build directory (default: <repo>/build-fuzz); configured
 #                        once (cmake -S tests/fuzz -DCMAKE_C_COMPILER=clang), then
 #                        rebuilt incrementally at every run
-#   P11TLS_FUZZ_TARGETS  targets to run (default: fuzz_uri fuzz_pem_uri fuzz_kdf fuzz_tls13 fuzz_config)
+#   P11TLS_FUZZ_TARGETS  targets to run (default: fuzz_uri fuzz_pem_uri fuzz_kdf fuzz_tls13 fuzz_config fuzz_ecpoint)
 #   P11TLS_FUZZ_ARGS     extra libFuzzer arguments (e.g. -jobs=4, -seed=1)
 #
 # The token: run under tests/with-token.sh DIR (a SoftHSM2 token made by
@@ -30,7 +30,7 @@ case "$SECS" in '' | *[!0-9]*) echo "run.sh: SECONDS must be a number" >&2; exit
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BUILD=${P11TLS_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS=${P11TLS_FUZZ_TARGETS:-fuzz_uri fuzz_pem_uri fuzz_kdf fuzz_tls13 fuzz_config}
+TARGETS=${P11TLS_FUZZ_TARGETS:-fuzz_uri fuzz_pem_uri fuzz_kdf fuzz_tls13 fuzz_config fuzz_ecpoint}
 CC_FUZZ=${P11TLS_FUZZ_CC:-$(command -v clang || command -v clang-14 || true)}
 [ -n "$CC_FUZZ" ] || { echo "run.sh: clang not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
 

@@ -14,7 +14,8 @@
  * The M handshakes are spread over the threads; each thread cycles through 10 client
  * configurations (TLS 1.2: RSA key exchange AES128-GCM-SHA256 or ECDHE-RSA-AES128-GCM-SHA256,
  * extended master secret on or off, session tickets on or off; TLS 1.3: TLS_AES_128_GCM_SHA256
- * or TLS_AES_256_GCM_SHA384, the key schedule in the token) and every fourth round resumes a
+ * on P-256 or TLS_AES_256_GCM_SHA384 on P-384, the key schedule (and, where the token can,
+ * the ECDHE key share) in the token) and every fourth round resumes a
  * session (by ticket or by session ID; TLS 1.3: by ticket, its PSK a handle) that any thread
  * made earlier with the same configuration. Each handshake is checked: both ends finished,
  * the protocol version, the expected cipher and (TLS 1.2) EMS, resumed exactly when asked,
@@ -134,6 +135,8 @@ static void make_clients(OSSL_LIB_CTX *libctx)
             !SSL_CTX_set_max_proto_version(c, v) ||
             !(cfg_tls13(cfg) ? SSL_CTX_set_ciphersuites(c, cipher_names[cfg_cipher(cfg)])
                              : SSL_CTX_set_cipher_list(c, cipher_names[cfg_cipher(cfg)])) ||
+            /* TLS 1.3 on P-256 and P-384: key shares in the token where it can (ECDHE) */
+            (cfg_tls13(cfg) && !SSL_CTX_set1_groups_list(c, cfg == NCFG12 ? "P-256" : "P-384")) ||
             !X509_STORE_add_cert(SSL_CTX_get_cert_store(c), cert))
             fatal("client SSL_CTX %d", cfg);
         /* The server must present the token's certificate (self-signed, trusted here). */

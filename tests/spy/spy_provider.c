@@ -6,8 +6,11 @@
  *     "<label> <hex>" ("extract" for HKDF-Extract: the early, handshake and master
  *     secrets; "derived" for the salt it makes from the previous secret first; else the
  *     HKDF-Expand-Label label: "c hs traffic", "finished",
- *     "res master", "resumption", "key", "iv", ...), so that a test knows every secret
- *     of the client's side, not only those of its keylog;
+ *     "res master", "resumption", "key", "iv", ...), and the input of the handshake
+ *     secret's HKDF-Extract ("ikm": the (EC)DHE shared secret); for TLS 1.2 the
+ *     TLS1-PRF's secret when it makes a master secret ("pms": the pre-master or
+ *     (EC)DHE secret) and the master secret itself ("master"); so that a test knows
+ *     every secret of the client's side, not only those of its keylog;
  *   - with P11SPY_CORRUPT="N:POS:XOR", XORs byte POS of the N-th HMAC output (counted
  *     in this process over HMACs keyed by 32 or 48 bytes: the Finished and binder MACs)
  *     with XOR, so that the peer receives a Finished or a PSK binder that is well formed
@@ -32,7 +35,7 @@
 typedef struct {
     OSSL_LIB_CTX *lib;
     OSSL_PROVIDER *dflt;
-    EVP_KDF *kdf;
+    EVP_KDF *kdf, *prf;
     EVP_MAC *mac;
 } SPY;
 
@@ -75,8 +78,9 @@ typedef struct {
     int extract;
     char label[256], digest[64];
     size_t label_len;
-    unsigned char salt[64];
-    size_t salt_len;
+    unsigned char salt[64], key[80], seed[32];
+    size_t salt_len, key_len, seed_len;
+    int prf; /* TLS1-PRF (else TLS13-KDF) */
 } SKDF;
 
 static OSSL_FUNC_kdf_newctx_fn skdf_new;
@@ -97,6 +101,22 @@ static void *skdf_new(void *provctx)
         return NULL;
     c->spy = spy;
     c->in = EVP_KDF_CTX_new(spy->kdf);
+    if (c->in == NULL) {
+        OPENSSL_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void *sprf_new(void *provctx)
+{
+    SPY *spy = provctx;
+    SKDF *c = OPENSSL_zalloc(sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->spy = spy;
+    c->prf = 1;
+    c->in = EVP_KDF_CTX_new(spy->prf);
     if (c->in == NULL) {
         OPENSSL_free(c);
         return NULL;
@@ -133,6 +153,8 @@ static void skdf_reset(void *vctx)
     c->extract = 0;
     c->label_len = 0;
     c->salt_len = 0;
+    c->key_len = 0;
+    c->seed_len = 0;
     c->digest[0] = '\0';
 }
 
@@ -159,6 +181,16 @@ static int skdf_set(void *vctx, const OSSL_PARAM params[])
         char *d = c->digest;
         if (!OSSL_PARAM_get_utf8_string(p, &d, sizeof(c->digest)))
             c->digest[0] = '\0';
+    }
+    if ((p = OSSL_PARAM_locate_const(params, c->prf ? OSSL_KDF_PARAM_SECRET
+                                                    : OSSL_KDF_PARAM_KEY)) != NULL &&
+        p->data_size <= sizeof(c->key)) {
+        memcpy(c->key, p->data, p->data_size);
+        c->key_len = p->data_size;
+    }
+    if (c->prf && (p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_SEED)) != NULL) {
+        c->seed_len = p->data_size < sizeof(c->seed) ? p->data_size : sizeof(c->seed);
+        memcpy(c->seed, p->data, c->seed_len);
     }
     if ((p = OSSL_PARAM_locate_const(params, OSSL_KDF_PARAM_SALT)) != NULL &&
         p->data_size <= sizeof(c->salt)) {
@@ -200,6 +232,21 @@ static int skdf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL
     SKDF *c = vctx;
     if (!skdf_set(c, params) || EVP_KDF_derive(c->in, key, keylen, NULL) <= 0)
         return 0;
+    if (c->prf) { /* TLS 1.2: the master secret's inputs and output */
+        if ((c->seed_len >= 13 && memcmp(c->seed, "master secret", 13) == 0) ||
+            (c->seed_len >= 22 && memcmp(c->seed, "extended master secret", 22) == 0)) {
+            record("pms", 3, c->key, c->key_len);
+            record("master", 6, key, keylen);
+        }
+        return 1;
+    }
+    if (c->extract && c->key_len > 0 && c->salt_len > 0) { /* the handshake secret's input */
+        size_t z = 0;
+        while (z < c->key_len && c->key[z] == 0)
+            z++;
+        if (z < c->key_len)
+            record("ikm", 3, c->key, c->key_len);
+    }
     if (c->extract && c->salt_len > 0 && c->digest[0] != '\0')
         record_derived(c);
     if (c->extract)
@@ -225,6 +272,30 @@ static int skdf_get(void *vctx, OSSL_PARAM params[])
 {
     return EVP_KDF_CTX_get_params(((SKDF *)vctx)->in, params);
 }
+
+static const OSSL_PARAM *sprf_settable(void *vctx, void *provctx)
+{
+    (void)vctx;
+    return EVP_KDF_settable_ctx_params(((SPY *)provctx)->prf);
+}
+
+static const OSSL_PARAM *sprf_gettable(void *vctx, void *provctx)
+{
+    (void)vctx;
+    return EVP_KDF_gettable_ctx_params(((SPY *)provctx)->prf);
+}
+
+static const OSSL_DISPATCH sprf_functions[] = {
+    {OSSL_FUNC_KDF_NEWCTX, (void (*)(void))sprf_new},
+    {OSSL_FUNC_KDF_DUPCTX, (void (*)(void))skdf_dup},
+    {OSSL_FUNC_KDF_FREECTX, (void (*)(void))skdf_free},
+    {OSSL_FUNC_KDF_RESET, (void (*)(void))skdf_reset},
+    {OSSL_FUNC_KDF_DERIVE, (void (*)(void))skdf_derive},
+    {OSSL_FUNC_KDF_SETTABLE_CTX_PARAMS, (void (*)(void))sprf_settable},
+    {OSSL_FUNC_KDF_SET_CTX_PARAMS, (void (*)(void))skdf_set},
+    {OSSL_FUNC_KDF_GETTABLE_CTX_PARAMS, (void (*)(void))sprf_gettable},
+    {OSSL_FUNC_KDF_GET_CTX_PARAMS, (void (*)(void))skdf_get},
+    {0, NULL}};
 
 static const OSSL_DISPATCH skdf_functions[] = {
     {OSSL_FUNC_KDF_NEWCTX, (void (*)(void))skdf_new},
@@ -381,6 +452,7 @@ static const OSSL_DISPATCH smac_functions[] = {
 
 static const OSSL_ALGORITHM spy_kdfs[] = {
     {"TLS13-KDF", "provider=p11tls-spy", skdf_functions, "TLS 1.3 KDF, recorded"},
+    {"TLS1-PRF", "provider=p11tls-spy", sprf_functions, "TLS 1.2 PRF, recorded"},
     {NULL, NULL, NULL, NULL}};
 static const OSSL_ALGORITHM spy_macs[] = {
     {"HMAC", "provider=p11tls-spy", smac_functions, "HMAC, optionally corrupted"},
@@ -397,6 +469,7 @@ static void spy_teardown(void *provctx)
 {
     SPY *spy = provctx;
     EVP_KDF_free(spy->kdf);
+    EVP_KDF_free(spy->prf);
     EVP_MAC_free(spy->mac);
     OSSL_PROVIDER_unload(spy->dflt);
     OSSL_LIB_CTX_free(spy->lib);
@@ -421,8 +494,9 @@ int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
     spy->lib = OSSL_LIB_CTX_new();
     spy->dflt = spy->lib != NULL ? OSSL_PROVIDER_load(spy->lib, "default") : NULL;
     spy->kdf = spy->dflt != NULL ? EVP_KDF_fetch(spy->lib, "TLS13-KDF", NULL) : NULL;
+    spy->prf = spy->dflt != NULL ? EVP_KDF_fetch(spy->lib, "TLS1-PRF", NULL) : NULL;
     spy->mac = spy->dflt != NULL ? EVP_MAC_fetch(spy->lib, "HMAC", NULL) : NULL;
-    if (spy->kdf == NULL || spy->mac == NULL) {
+    if (spy->kdf == NULL || spy->prf == NULL || spy->mac == NULL) {
         spy_teardown(spy);
         return 0;
     }

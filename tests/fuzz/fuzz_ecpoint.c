@@ -69,8 +69,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int d = share("provider=default", groups[c], b, len, p2, &l2);
         FZ_CHECK(a == d, "%s: p11tls %s a share the default provider %s", groups[c],
                  a ? "accepted" : "refused", d ? "accepts" : "refuses");
-        FZ_CHECK(!a || (l1 == l2 && memcmp(p1, p2, l1) == 0), "%s: the accepted share reads back "
-                 "differently", groups[c]);
+        FZ_CHECK(!a || (l1 == l2 && memcmp(p1, p2, l1) == 0),
+                 "%s: the accepted share reads back "
+                 "differently",
+                 groups[c]);
     }
     return 0;
 }

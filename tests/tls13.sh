@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tls13.sh - TLS 1.3 with its key schedule in the token (run through with-token.sh):
 #   1 nginx with Debian's stock `ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;` and curl
-#     with its default options negotiate TLS 1.3; tickets resume on both workers
+#     with its default options negotiate TLS 1.3; tickets resume on both workers and
+#     after a full restart
 #   2 openssl s_server (p11tls) against a plain s_client, for each TLS 1.3 suite: the
 #     server's keylog holds only handles (none of its five secrets equals the
 #     client's); exporter output (-keymatexport, 40 bytes: two HKDF blocks with
@@ -70,6 +71,18 @@ resumed=$(awk '$2 == "TLSv1.3" && $4 == "r"' "$ngx/access.log" | wc -l)
 echo "# $full full, $resumed resumed, resumed on $resumed_workers worker(s)"
 check "tickets resume (TLS 1.3 PSK, binders in the token): $resumed of 19 resumed" [ "$resumed" -ge 15 ]
 check "sessions resume on both workers (the PSK handle resolves in another process)" [ "$resumed_workers" -eq 2 ]
+# a ticket from before a full restart (the same ticket key file): its PSK handle
+# resolves in the new processes
+printf 'GET / HTTP/1.0\r\n\r\n' | OPENSSL_CONF=/dev/null timeout 20 openssl s_client -ign_eof \
+  -connect "127.0.0.1:$port" -servername localhost -tls1_3 -CAfile "$P11TLS_CERT" \
+  -sess_out "$work/sess13" > "$work/r1.out" 2>&1 || true
+ngx_stop "$ngx"
+ngx_start "$ngx" "$cnf"
+printf 'GET / HTTP/1.0\r\n\r\n' | OPENSSL_CONF=/dev/null timeout 20 openssl s_client -ign_eof \
+  -connect "127.0.0.1:$port" -servername localhost -tls1_3 -CAfile "$P11TLS_CERT" \
+  -sess_in "$work/sess13" > "$work/r2.out" 2>&1 || true
+check "TLS 1.3 ticket resumed after a full nginx restart" grep -q "^Reused, TLSv1.3" "$work/r2.out"
+check "page served on the resumed session" grep -q "hello from p11tls" "$work/r2.out"
 ngx_stop "$ngx"
 
 # ------------------------------------------------------- 2 s_server + s_client

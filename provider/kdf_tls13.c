@@ -96,6 +96,15 @@ static void *k13_dup(void *vctx)
     return d;
 }
 
+/* SHA-256("") and SHA-384("") (FIPS 180-4): the context of the "derived" salt. */
+static const unsigned char empty_sha256[32] = {
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+static const unsigned char empty_sha384[48] = {
+    0x38, 0xb0, 0x60, 0xa7, 0x51, 0xac, 0x96, 0x38, 0x4c, 0xd9, 0x32, 0x7e, 0xb1, 0xb1, 0xe3, 0x6a,
+    0x21, 0xfd, 0xb7, 0x11, 0x14, 0xbe, 0x07, 0x43, 0x4c, 0x0c, 0xc7, 0xbf, 0x63, 0xf6, 0xe1, 0xda,
+    0x27, 0x4e, 0xde, 0xbf, 0xe7, 0x6f, 0x65, 0xfb, 0xd5, 0x1a, 0xd2, 0xf1, 0x48, 0x98, 0xb9, 0x5b};
+
 /* HkdfLabel (RFC 8446 7.1): length, "tls13 " label, context. */
 static size_t hkdf_label(unsigned char *out, size_t outlen, const unsigned char *prefix,
                          size_t plen, const unsigned char *label, size_t llen,
@@ -157,8 +166,6 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
         return 0;
     }
     if (c->mode == EVP_KDF_HKDF_MODE_EXTRACT_ONLY) {
-        unsigned char eh[EVP_MAX_MD_SIZE];
-        unsigned int ehl = 0;
         if (keylen != hl) {
             ERR_raise_data(ERR_LIB_PROV, PROV_R_LENGTH_TOO_LARGE,
                            "p11tls: a TLS 1.3 secret is %zu bytes, not %zu", hl, keylen);
@@ -172,14 +179,9 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
         }
         ilen = 0;
         if (c->has_salt) {
-            /* the "derived" salt's HkdfLabel: its context is Hash("") (public) */
-            EVP_MD *md = EVP_MD_fetch(c->prov->libctx,
-                                      c->hash == P11_PRF_SHA384 ? "SHA2-384" : "SHA2-256", NULL);
-            int ok = md != NULL && EVP_Digest("", 0, eh, &ehl, md, NULL);
-            EVP_MD_free(md);
-            if (!ok)
-                return 0;
-            ilen = hkdf_label(info, hl, c->prefix, c->prefix_len, c->label, c->label_len, eh, ehl);
+            /* the "derived" salt's HkdfLabel: its context is Hash(""), a constant */
+            ilen = hkdf_label(info, hl, c->prefix, c->prefix_len, c->label, c->label_len,
+                              c->hash == P11_PRF_SHA384 ? empty_sha384 : empty_sha256, hl);
         }
         /* the early, handshake and master secrets serve the handshake only */
         return p11_tls13_extract(

@@ -139,15 +139,44 @@ static CK_RV derive(p11_session *s, p11_curve c, CK_OBJECT_HANDLE priv, const un
 int p11_ecdh_probe(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, p11_token *t, p11_curve c)
 {
     p11_session s = {.tok = t, .fl = fl, .h = h};
-    CK_OBJECT_HANDLE a = CK_INVALID_HANDLE, b = CK_INVALID_HANDLE, z = CK_INVALID_HANDLE;
-    unsigned char pa[1 + 2 * 66], pb[1 + 2 * 66];
+    CK_OBJECT_HANDLE a = CK_INVALID_HANDLE, b = CK_INVALID_HANDLE, za = CK_INVALID_HANDLE,
+                     zb = CK_INVALID_HANDLE;
+    unsigned char pa[1 + 2 * 66], pb[1 + 2 * 66], ha[32], hb[32];
+    static const unsigned char salt[32];
     size_t plen = 1 + 2 * curves[c].flen;
-    int ok = keygen(&s, c, &a, pa) == CKR_OK && keygen(&s, c, &b, pb) == CKR_OK &&
-             derive(&s, c, a, pb, plen, &z) == CKR_OK;
-    CK_OBJECT_HANDLE objs[3] = {a, b, z};
-    for (int i = 0; i < 3; i++)
+    CK_MECHANISM_INFO gi, di;
+    int ok;
+    /* (a token, or an RPC, that does not list the mechanisms: no key pairs made) */
+    if (P11_CALL(fl, C_GetMechanismInfo, t->slot, CKM_EC_KEY_PAIR_GEN, &gi) != CKR_OK ||
+        P11_CALL(fl, C_GetMechanismInfo, t->slot, CKM_ECDH1_DERIVE, &di) != CKR_OK ||
+        !(gi.flags & CKF_GENERATE_KEY_PAIR) || !(di.flags & CKF_DERIVE))
+        return 0;
+    ok = keygen(&s, c, &a, pa) == CKR_OK && keygen(&s, c, &b, pb) == CKR_OK &&
+         derive(&s, c, a, pb, plen, &za) == CKR_OK;
+    /* At `transient` TLS 1.3 takes the secret as HMAC data through C_DigestKey: both
+     * sides' secrets, digested so, must agree. */
+    if (ok && t->caps.tls13 == P11_MS_HMAC)
+        ok = derive(&s, c, b, pa, plen, &zb) == CKR_OK &&
+             p11_hmac_of_object(&s, P11_PRF_SHA256, salt, sizeof(salt), za, ha) == CKR_OK &&
+             p11_hmac_of_object(&s, P11_PRF_SHA256, salt, sizeof(salt), zb, hb) == CKR_OK &&
+             memcmp(ha, hb, sizeof(ha)) == 0;
+    /* At `transient` TLS 1.2 keys HMAC with the secret: does SHA-384 take a short one? */
+    if (ok && t->caps.ms == P11_MS_HMAC && curves[c].flen < 48) {
+        CK_MECHANISM hm = {CKM_SHA384_HMAC, NULL, 0};
+        unsigned char mac[48];
+        CK_ULONG ml = sizeof(mac);
+        CK_RV rv = P11_CALL(fl, C_SignInit, h, &hm, za);
+        if (rv == CKR_OK)
+            rv = P11_CALL(fl, C_Sign, h, (CK_BYTE_PTR) "p11tls", 6, mac, &ml);
+        t->caps.hmac384_short_refused = rv != CKR_OK;
+        OPENSSL_cleanse(mac, sizeof(mac));
+    }
+    CK_OBJECT_HANDLE objs[4] = {a, b, za, zb};
+    for (int i = 0; i < 4; i++)
         if (objs[i] != CK_INVALID_HANDLE)
             (void)P11_CALL(fl, C_DestroyObject, h, objs[i]);
+    OPENSSL_cleanse(ha, sizeof(ha));
+    OPENSSL_cleanse(hb, sizeof(hb));
     return ok;
 }
 
@@ -279,4 +308,40 @@ int p11_ecdh_take(p11_session *s, const unsigned char *h, size_t n, CK_OBJECT_HA
     *obj = v.obj[0];
     *owner = v.owner;
     return 1;
+}
+
+/* TLS 1.2 at `transient` with a SHA-384 suite over a curve whose secret is shorter
+ * than the token's smallest HMAC-SHA-384 key (SoftHSM2: 48 bytes, P-256: 32): the
+ * secret cannot key the PRF as it is, and the token has no way to lengthen it. HMAC
+ * zero-pads a short key, so the secret padded to 48 bytes keys the same PRF: it is
+ * read out of the token (wrapped under the handle key, decrypted), padded, and put
+ * back as a new object in *out. The one case where an in-token ECDHE secret crosses
+ * the API; with 'ecdhe = require' it is refused instead. */
+CK_RV p11_ecdh_lengthen(p11_session *s, CK_OBJECT_HANDLE z, size_t n, CK_OBJECT_HANDLE *out)
+{
+    unsigned char wrapped[48], pad[48];
+    CK_ATTRIBUTE tt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_no),
+                                                  {CKA_VALUE, pad, sizeof(pad)}};
+    CK_RV rv;
+
+    *out = CK_INVALID_HANDLE;
+    if (s->tok->ecdhe_strict || !s->tok->caps.aes_cbc_wrap || n != 32) {
+        p11_err(PROV_R_INVALID_KEY_LENGTH,
+                "ECDHE: the TLS 1.2 SHA-384 PRF needs the %zu-byte shared secret as an HMAC "
+                "key of 48 bytes, which this token cannot make from it without reading it "
+                "out%s",
+                n, s->tok->ecdhe_strict ? "; 'ecdhe = require' refuses that" : "");
+        return CKR_KEY_SIZE_RANGE;
+    }
+    memset(pad, 0, sizeof(pad));
+    rv = p11_handle_make_n(s, z, NULL, n, wrapped);
+    if (rv == CKR_OK)
+        rv = p11_handle_open_n(s, wrapped, n, pad);
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_CreateObject, s->h, tt, P11_SECRET_TEMPLATE_N + 1, out);
+    OPENSSL_cleanse(pad, sizeof(pad));
+    OPENSSL_cleanse(wrapped, sizeof(wrapped));
+    if (s->tok->scrub)
+        p11_scrub_heap();
+    return rv;
 }

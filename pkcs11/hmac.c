@@ -62,3 +62,48 @@ CK_RV p11_p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const uns
     free(buf);
     return rv;
 }
+
+/* HMAC(key, msg) where the message is a secret object (an ECDHE secret as TLS 1.3's
+ * HKDF-Extract input) and the key's bytes are known here (the salt: a public constant,
+ * or at `transient` a secret that came out of an HMAC anyway). RFC 2104 spelt out with
+ * the token's digest, H((K ^ opad) || H((K ^ ipad) || msg)), the message added with
+ * C_DigestKey so that it never leaves the token. The inner hash does: it is worth the
+ * output (which at `transient` leaves the token next), not the message. */
+CK_RV p11_hmac_of_object(p11_session *s, p11_prf_hash h, const unsigned char *key, size_t klen,
+                         CK_OBJECT_HANDLE msg, unsigned char *out)
+{
+    size_t hl = p11_hash_len(h), bl = h == P11_PRF_SHA384 ? 128 : 64;
+    CK_MECHANISM dm = {h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256, NULL, 0};
+    unsigned char pad[128 + 48];
+    CK_ULONG len = hl;
+    CK_RV rv, irv;
+
+    if (klen > bl)
+        return CKR_ARGUMENTS_BAD; /* (salts are one hash long) */
+    memset(pad, 0, sizeof(pad));
+    memcpy(pad, key, klen);
+    for (size_t i = 0; i < bl; i++)
+        pad[i] ^= 0x36;
+    irv = rv = P11_CALL(s->fl, C_DigestInit, s->h, &dm);
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_DigestUpdate, s->h, pad, bl);
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_DigestKey, s->h, msg);
+    if (irv == CKR_OK) { /* (also ends the operation after a failed step) */
+        CK_RV frv = P11_CALL(s->fl, C_DigestFinal, s->h, pad + bl, &len);
+        if (rv == CKR_OK)
+            rv = frv != CKR_OK ? frv : len != hl ? CKR_FUNCTION_FAILED : CKR_OK;
+    }
+    for (size_t i = 0; i < bl; i++)
+        pad[i] ^= 0x36 ^ 0x5c;
+    if (rv == CKR_OK)
+        rv = P11_CALL(s->fl, C_DigestInit, s->h, &dm);
+    if (rv == CKR_OK) {
+        len = hl;
+        rv = P11_CALL(s->fl, C_Digest, s->h, pad, bl + hl, out, &len);
+        if (rv == CKR_OK && len != hl)
+            rv = CKR_FUNCTION_FAILED;
+    }
+    OPENSSL_cleanse(pad, sizeof(pad));
+    return rv;
+}

@@ -37,6 +37,8 @@ struct p11_token {
     int broken;        /* the token went away; re-opened on a later use (session.c) */
     long long back_at; /* when it was last re-opened after a loss (ms, monotonic) */
     int scrub;         /* p11_scrub_heap after secret-bearing calls (P11_SCRUB_*, resolved) */
+    int ecdhe_strict;  /* an ECDHE secret never leaves the token, even where a key schedule needs it
+                        */
     struct p11_loss {
         long long since, next_try; /* when it was lost; no re-open attempt before next_try */
         char cause[160];           /* "C_Sign: CKR_DEVICE_REMOVED" */
@@ -73,6 +75,7 @@ struct p11_token {
         unsigned long gen;                     /* module generation; 0: not made */
         CK_OBJECT_HANDLE zero, early, derived; /* zeros, HKDF-Extract(0, 0), its "derived" */
         unsigned char early_handle[48];
+        unsigned char derived_value[48]; /* `transient`: the derived salt's (public) value */
     } t13[2];
     pthread_mutex_t t13_lock;
 };
@@ -124,11 +127,17 @@ CK_RV p11_hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key, const 
                size_t inlen, unsigned char *out, CK_ULONG olen);
 CK_RV p11_p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
                  size_t lslen, unsigned char *out, size_t outlen);
+/* HMAC(key, msg) with the message a secret object, via C_DigestKey (hmac.c) */
+CK_RV p11_hmac_of_object(p11_session *s, p11_prf_hash h, const unsigned char *key, size_t klen,
+                         CK_OBJECT_HANDLE msg, unsigned char *out);
 
 /* ecdh.c: an ECDH secret's object behind handle (n bytes), taken out of the
  * pre-master table (the caller destroys it); 0 if handle is not one. */
 int p11_ecdh_take(p11_session *s, const unsigned char *h, size_t n, CK_OBJECT_HANDLE *obj,
                   CK_SESSION_HANDLE *owner);
+/* An ECDH secret z of n bytes, zero-padded to 48 in a new object *out (read out of
+ * the token: a TLS 1.2 SHA-384 PRF where the token refuses short HMAC keys) */
+CK_RV p11_ecdh_lengthen(p11_session *s, CK_OBJECT_HANDLE z, size_t n, CK_OBJECT_HANDLE *out);
 /* CKA_EC_POINT (an uncompressed point of a field of flen bytes, DER OCTET STRING
  * wrapped as PKCS#11 says, or bare as some tokens give it): the bare point (1 + 2 flen
  * bytes) into out; 0 if it is neither. */

@@ -124,9 +124,10 @@ typedef struct {
     p11_ms_strategy tls13;
     p11_level level13;
     /* ECDHE in the token per curve (a key pair generated and a secret derived at
-     * activation); used where both key schedules keep secrets sealed (ecdhe_why:
-     * else why not, for the status) */
+     * activation, at `transient` also digested with C_DigestKey); ecdhe_why: else why
+     * not, for the status */
     int ecdh[P11_CURVE_N];
+    int hmac384_short_refused; /* `transient`: HMAC-SHA-384 refuses a 32-byte ECDH secret */
     const char *ecdhe_why;
     char missing[256]; /* what keeps this token below `sealed` */
 } p11_caps;
@@ -147,6 +148,7 @@ typedef struct {
     unsigned handle_cache_max; /* entries; 0: 4096 */
     int force_ms;              /* P11_MS_* to force a strategy (tests); 0: best */
     int scrub_heap;            /* P11_SCRUB_*: wipe freed heap after secret-bearing calls */
+    int ecdhe_strict;          /* 'ecdhe = require': an in-token ECDHE secret is never read out */
 } p11_token_cfg;
 /* auto: where the module is p11-kit's (its RPC client, its proxy, or a module found by
  * p11-kit name), whose buffers carry secrets out of the process and are freed

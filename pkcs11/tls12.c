@@ -370,6 +370,15 @@ int p11_tls_master(p11_token *t, p11_prf_hash h, int ems, const unsigned char *s
     } else if (p11_ecdh_take(&s, secret, secretlen, &base, &ecdh_owner)) {
         /* an ECDHE secret derived in the token (ecdh.c): its handle */
         is_ecdh = 1;
+        if (t->caps.ms == P11_MS_HMAC && h == P11_PRF_SHA384 && secretlen < 48 &&
+            t->caps.hmac384_short_refused) {
+            CK_OBJECT_HANDLE longer = CK_INVALID_HANDLE;
+            call = "C_WrapKey";
+            rv = p11_ecdh_lengthen(&s, base, secretlen, &longer);
+            lost = keep_loss(lost, p11_destroy_owned(&s, base, ecdh_owner));
+            is_ecdh = 0; /* (the longer one is destroyed as an imported secret is) */
+            base = longer;
+        }
     } else {
         /* Raw bytes (an ECDHE secret made in software, a client's own pre-master secret): into the
          * token as a sensitive session object. HMAC keys shorter than the block

@@ -411,9 +411,11 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
 }
 
 /* The salt object for an extract after prev: the constant one when prev is the
- * constant early secret (made on first use), else CK_INVALID_HANDLE. */
+ * constant early secret (made on first use), else CK_INVALID_HANDLE. At `transient`
+ * its (public) value too, into value. */
 static CK_RV const_salt(p11_session *s, p11_prf_hash h, const unsigned char *prev,
-                        const unsigned char *dinfo, size_t dilen, CK_OBJECT_HANDLE *salt)
+                        const unsigned char *dinfo, size_t dilen, CK_OBJECT_HANDLE *salt,
+                        unsigned char *value)
 {
     p11_token *t = s->tok;
     struct p11_tls13_const *c = const_match(s, h, prev);
@@ -447,10 +449,14 @@ static CK_RV const_salt(p11_session *s, p11_prf_hash h, const unsigned char *pre
             free(buf);
             if (rv == CKR_OK)
                 rv = p11_owner_create(s, dt, P11_SECRET_TEMPLATE_N + 1, &c->derived);
+            if (rv == CKR_OK)
+                memcpy(c->derived_value, d, n);
         }
     }
-    if (c->gen == s->gen)
+    if (c->gen == s->gen) {
         *salt = c->derived;
+        memcpy(value, c->derived_value, n);
+    }
     pthread_mutex_unlock(&t->t13_lock);
     return rv;
 }
@@ -467,7 +473,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     void *pref = NULL, *iref = NULL;
     CK_RV rv = CKR_OK;
     const char *call = "C_DeriveKey";
-    unsigned char d[48], ikmb[48], prk[48];
+    unsigned char d[48], ikmb[48], prk[48], sv[48];
     CK_OBJECT_HANDLE ecdh = CK_INVALID_HANDLE;
     CK_SESSION_HANDLE ecdh_owner = CK_INVALID_HANDLE;
 
@@ -491,7 +497,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     }
     if (prev != NULL) {
         call = "C_DeriveKey";
-        rv = const_salt(&s, h, prev, dinfo, dilen, &salt);
+        rv = const_salt(&s, h, prev, dinfo, dilen, &salt, sv);
         if (rv == CKR_OK && salt == CK_INVALID_HANDLE) {
             call = "C_UnwrapKey";
             rv = secret_object(&s, prev, n, &pk, &pref);
@@ -509,8 +515,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     } else if (rv == CKR_OK && ikm_is_handle && t->caps.tls13 == P11_MS_NATIVE) {
         call = "C_UnwrapKey";
         rv = secret_object(&s, ikm, n, &in, &iref);
-    } else if (rv == CKR_OK && t->caps.tls13 == P11_MS_NATIVE &&
-               p11_ecdh_take(&s, ikm, ikmlen, &ecdh, &ecdh_owner)) {
+    } else if (rv == CKR_OK && p11_ecdh_take(&s, ikm, ikmlen, &ecdh, &ecdh_owner)) {
         in = ecdh; /* an ECDHE secret derived in the token (ecdh.c): its handle */
     }
     if (rv != CKR_OK) {
@@ -536,6 +541,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                 free(buf);
             }
             if (rv == CKR_OK) {
+                memcpy(sv, d, n);
                 call = "C_CreateObject";
                 rv = import_secret(&s, d, n, &tmp);
                 salt = tmp;
@@ -546,13 +552,20 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
             rv = const_early(&s, h, &c);
             salt = c->zero;
             pthread_mutex_unlock(&t->t13_lock);
+            memset(sv, 0, n);
         }
         if (rv == CKR_OK && ikm_is_handle) {
             call = "C_Decrypt";
             rv = p11_handle_open_n(&s, ikm, n, ikmb);
             data = ikmb;
         }
-        if (rv == CKR_OK) {
+        if (rv == CKR_OK && ecdh != CK_INVALID_HANDLE) {
+            /* an ECDHE secret made in the token: the data of this HMAC, by C_DigestKey;
+             * the salt's value is here (a public constant, or the HMAC output above) */
+            call = "C_DigestKey";
+            rv = salt == CK_INVALID_HANDLE ? CKR_ARGUMENTS_BAD
+                                           : p11_hmac_of_object(&s, h, sv, n, ecdh, prk);
+        } else if (rv == CKR_OK) {
             call = "C_Sign";
             rv = p11_hmac(&s, p11_hmac_mech(h), salt, data, ikmlen, prk, n);
         }
@@ -566,6 +579,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
         OPENSSL_cleanse(d, sizeof(d));
         OPENSSL_cleanse(ikmb, sizeof(ikmb));
         OPENSSL_cleanse(prk, sizeof(prk));
+        OPENSSL_cleanse(sv, sizeof(sv));
         if (t->scrub)
             p11_scrub_heap();
     }

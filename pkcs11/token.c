@@ -319,16 +319,20 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     if (!p11_session_get(t, &s))
         goto fail;
     p11_caps_probe(t->fl, t->slot, s.h, cfg->force_ms, &t->caps);
-    /* ECDHE in the token where both key schedules are sealed: at `transient` the
-     * shared secret could not be an HKDF input or a short HMAC key */
-    if (t->caps.ms == P11_MS_NATIVE && t->caps.tls13 == P11_MS_NATIVE) {
+    /* ECDHE in the token where both key schedules take the shared secret as an
+     * object: with their mechanisms, or at `transient` as an HMAC key (TLS 1.2) and
+     * through C_DigestKey (TLS 1.3's extract, hmac.c). */
+    if (t->caps.ms != P11_MS_NONE && t->caps.tls13 != P11_MS_NONE) {
         for (int c = 0; c < P11_CURVE_N; c++)
             t->caps.ecdh[c] = p11_ecdh_probe(t->fl, s.h, t, (p11_curve)c);
-        t->caps.ecdhe_why = "the token has no EC key generation and ECDH for these curves";
+        t->caps.ecdhe_why = t->caps.tls13 == P11_MS_HMAC
+                                ? "the token has no EC key generation, ECDH or C_DigestKey "
+                                  "for these curves"
+                                : "the token has no EC key generation and ECDH for these curves";
     } else {
-        t->caps.ecdhe_why = "its HMAC-built key schedule cannot take the shared secret as a "
-                            "token object";
+        t->caps.ecdhe_why = "the token runs no TLS key schedule to take the shared secret";
     }
+    t->ecdhe_strict = cfg->ecdhe_strict;
     p11_session_put(&s, CKR_OK);
     p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
               p11_ms_strategy_name(t->caps.ms));

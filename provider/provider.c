@@ -330,6 +330,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
             goto fail;
         }
     }
+    tc.ecdhe_strict = prov->ecdhe == P11TLS_ECDHE_REQUIRE;
     if (!parse_uint("max-sessions", c.max_sessions, &tc.max_sessions, 1024) ||
         !parse_uint("handle-lifetime", c.handle_lifetime, &tc.handle_lifetime, 7 * 86400) ||
         !parse_uint("handle-cache-size", c.handle_cache, &tc.handle_cache_max, 1u << 22))

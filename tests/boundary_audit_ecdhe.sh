@@ -6,7 +6,10 @@
 # follows) is looked for in p11-kit's record of the PKCS#11 calls. sealed (NSS): none
 # crosses, a key pair per handshake is generated in the token, the shared secret is
 # derived there (CKM_ECDH1_DERIVE) and nothing is imported; transient (SoftHSM2): the
-# key share is made in software and its secret imported (said in the README).
+# same key pairs and derivations, and the shared secret crosses in no call, whole or 16
+# bytes of it (TLS 1.3 digests it with C_DigestKey, TLS 1.2 keys HMAC with it), but for
+# TLS 1.2 with a SHA-384 suite over P-256, where it is read out once (pkcs11/ecdh.c):
+# that read-out is checked to be seen, as a positive control.
 set -u
 here=$(dirname "${BASH_SOURCE[0]}")
 rc=0

@@ -1,12 +1,13 @@
 /* test_ecdh.c - ECDHE in the token (pkcs11/ecdh.c) on the token under test. Where the
- * token does it (NSS softoken: P-256, P-384, P-521): an ephemeral pair made in the token
- * agrees with a software peer (the TLS 1.3 key schedule fed with the token's handle and
- * with the software side's secret gives the same traffic key), each pair and secret
- * object is destroyed when its user is done with it (the token's session objects
- * counted before and after 60 handshakes' worth), and a bad peer point is refused
- * before the token is asked, leaving nothing behind. Where it does not (SoftHSM2, whose
- * HMAC-built key schedule cannot take the secret as an object): no curve is offered and
- * a key pair is refused with the reason. */
+ * token does it (NSS softoken, SoftHSM2 in process: P-256, P-384, P-521): an ephemeral
+ * pair made in the token agrees with a software peer (TLS 1.3's key schedule and TLS
+ * 1.2's master secret, SHA-256 and SHA-384, fed with the token's handle and with the
+ * software side's secret give the same keys), each pair and secret object is destroyed
+ * when its user is done with it (the token's session objects counted before and after
+ * 60 handshakes' worth), and a bad peer point is refused before the token is asked,
+ * leaving nothing behind. Where it does not (SoftHSM2 behind p11-kit's RPC, which does
+ * not carry ECDH1_DERIVE): no curve is offered and a key pair is refused with the
+ * reason. */
 #include <string.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -28,7 +29,7 @@ static int any_curve(void)
 static void test_caps(void)
 {
     const p11_caps *c = p11_token_caps(t);
-    if (strcmp(tu_kind(), "nss") == 0) {
+    if (strcmp(tu_kind(), "softhsm-remote") != 0) {
         CU_ASSERT(c->ecdh[P11_CURVE_P256] && c->ecdh[P11_CURVE_P384] && c->ecdh[P11_CURVE_P521]);
     } else {
         CU_ASSERT(!any_curve());
@@ -75,6 +76,43 @@ static void traffic_key(const unsigned char *ikm, size_t ikmlen, unsigned char o
     CU_ASSERT_FATAL(p11_tls13_expand(t, P11_PRF_SHA256, hs, info, sizeof(info), 0, out, 16));
 }
 
+/* As TLS 1.3 makes it: the handshake secret, HKDF-Extract(Derive-Secret(early secret,
+ * "derived", ""), ikm), then a 16-byte key from it; hash h. */
+static void handshake_key(p11_prf_hash h, const unsigned char *ikm, size_t ikmlen,
+                          unsigned char out[16])
+{
+    size_t n = h == P11_PRF_SHA384 ? 48 : 32;
+    unsigned char es[48], hs[48], dinfo[2 + 1 + 13 + 1 + 48];
+    unsigned int dl = 0;
+    static const unsigned char info[] = {0, 16, 9, 't', 'l', 's', '1', '3', ' ', 'k', 'e', 'y', 0};
+    dinfo[0] = 0;
+    dinfo[1] = (unsigned char)n;
+    dinfo[2] = 13;
+    memcpy(dinfo + 3, "tls13 derived", 13);
+    dinfo[16] = (unsigned char)n;
+    CU_ASSERT_FATAL(EVP_Digest("", 0, dinfo + 17, &dl,
+                               h == P11_PRF_SHA384 ? EVP_sha384() : EVP_sha256(), NULL) == 1);
+    CU_ASSERT_FATAL(p11_tls13_extract(t, h, NULL, NULL, 0, NULL, 0, P11_TLS13_LOCAL, es));
+    CU_ASSERT_FATAL(p11_tls13_extract(t, h, es, dinfo, 17 + n, ikm, ikmlen, P11_TLS13_LOCAL, hs));
+    CU_ASSERT_FATAL(p11_tls13_expand(t, h, hs, info, sizeof(info), 0, out, 16));
+}
+
+/* TLS 1.2: a key block of the master secret made from secret (handle or bytes), hash h */
+static void key_block(p11_prf_hash h, const unsigned char *secret, size_t len,
+                      unsigned char out[40])
+{
+    unsigned char seed[64], ms[48], ls[13 + 64];
+    memset(seed, 0x5a, sizeof(seed));
+    memcpy(ls, "key expansion", 13);
+    memcpy(ls + 13, seed, sizeof(seed));
+    if (!p11_tls_master(t, h, 1, secret, len, seed, h == P11_PRF_SHA384 ? 48 : 32, ms)) {
+        fprintf(stderr, "master (hash %d, %zu bytes) failed:\n", (int)h, len);
+        ERR_print_errors_fp(stderr);
+        CU_FAIL_FATAL("p11_tls_master");
+    }
+    CU_ASSERT_FATAL(p11_tls_prf(t, h, ms, ls, sizeof(ls), out, 40));
+}
+
 static void test_agreement(void)
 {
     if (!any_curve())
@@ -102,6 +140,20 @@ static void test_agreement(void)
         traffic_key(h, flen, k1);           /* the token's secret, by its handle */
         traffic_key(z, zlen, k2);           /* the same secret, imported */
         CU_ASSERT(memcmp(k1, k2, sizeof(k1)) == 0);
+        /* a handle is used once: each step below derives the secret again */
+        for (int hh = 0; hh < 2; hh++) {
+            p11_prf_hash ph = hh ? P11_PRF_SHA384 : P11_PRF_SHA256;
+            unsigned char b1[40], b2[40];
+            CU_ASSERT_FATAL(p11_ecdh_derive(k, spt, slen, h));
+            handshake_key(ph, h, flen, k1);
+            handshake_key(ph, z, zlen, k2);
+            CU_ASSERT(memcmp(k1, k2, sizeof(k1)) == 0);
+            CU_ASSERT_FATAL(p11_ecdh_derive(k, spt, slen, h));
+            /* (SoftHSM2, SHA-384 over P-256: the secret is read out, see ecdh.c) */
+            key_block(ph, h, flen, b1);
+            key_block(ph, z, zlen, b2);
+            CU_ASSERT(memcmp(b1, b2, sizeof(b1)) == 0);
+        }
         OPENSSL_cleanse(z, sizeof(z));
         EVP_PKEY_CTX_free(d);
         EVP_PKEY_free(tpub);
@@ -184,15 +236,66 @@ static void test_bad_points(void)
     CU_ASSERT_EQUAL(tu_count_session_objects(t, CKO_PRIVATE_KEY), priv0 - 1);
 }
 
+/* 'ecdhe = require': where TLS 1.2's SHA-384 PRF would need the secret read out (a
+ * token that refuses short HMAC-SHA-384 keys, P-256), the master secret is refused,
+ * with the reason, and nothing is left behind. */
+static int errors_say(const char *what)
+{
+    const char *data = NULL;
+    int flags = 0, found = 0;
+    while (ERR_get_error_all(NULL, NULL, NULL, &data, &flags) != 0)
+        if ((flags & ERR_TXT_STRING) && data != NULL && strstr(data, what) != NULL)
+            found = 1;
+    return found;
+}
+
+static void test_strict(void)
+{
+    const p11_caps *c = p11_token_caps(t);
+    unsigned char spt[1 + 2 * 66], h[66], ms[48], seed[48];
+    size_t slen = 0;
+    long sec0;
+    EVP_PKEY *soft;
+    p11_eckey *k;
+    p11_token *st;
+    p11_token_cfg cfg;
+    if (!c->ecdh[P11_CURVE_P256] || !c->hmac384_short_refused)
+        return; /* (the token keys HMAC-SHA-384 with it: nothing to refuse) */
+    tu_token_cfg(&cfg);
+    cfg.ecdhe_strict = 1;
+    st = p11_token_open(&cfg);
+    CU_ASSERT_FATAL(st != NULL && p11_tls_prepare(st));
+    soft = soft_pair(P11_CURVE_P256, spt, &slen);
+    k = p11_ecdh_keygen(st, P11_CURVE_P256);
+    CU_ASSERT_FATAL(k != NULL);
+    memset(seed, 0x33, sizeof(seed));
+    sec0 = tu_count_session_objects(st, CKO_SECRET_KEY);
+    CU_ASSERT_FATAL(p11_ecdh_derive(k, spt, slen, h));
+    CU_ASSERT(!p11_tls_master(st, P11_PRF_SHA384, 1, h, 32, seed, 48, ms));
+    CU_ASSERT(errors_say("'ecdhe = require' refuses"));
+    CU_ASSERT_EQUAL(tu_count_session_objects(st, CKO_SECRET_KEY), sec0);
+    /* SHA-256 keys HMAC with it as it is: allowed */
+    CU_ASSERT_FATAL(p11_ecdh_derive(k, spt, slen, h));
+    CU_ASSERT(p11_tls_master(st, P11_PRF_SHA256, 1, h, 32, seed, 32, ms));
+    p11_eckey_free(k);
+    EVP_PKEY_free(soft);
+    p11_token_free(st);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {{"capabilities", test_caps},
                            {"agreement with a software peer", test_agreement},
                            {"no object left behind", test_no_leak},
                            {"bad peer points", test_bad_points},
+                           {"'ecdhe = require' never reads a secret out", test_strict},
                            CU_TEST_INFO_NULL};
     int rc;
     t = tu_open_token();
+    if (!p11_tls_prepare(t)) { /* as the provider does at activation */
+        tu_print_errors();
+        return 2;
+    }
     rc = tu_run("ecdh", tests);
     p11_token_free(t);
     return rc;

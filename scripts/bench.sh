@@ -20,7 +20,8 @@
 # over 20,000 handshakes, 1 vs 2 threads. The raw results (key value lines) are kept
 # in build-bench/bench-results/.
 # Environment: BENCH_RUNS (5), BENCH_FULL (200), BENCH_FULL_SLOW (40, nss),
-# BENCH_RESUMED (1000), BENCH_MEM (20000), BENCH_THREADS (200; slow: 30).
+# BENCH_RESUMED (1000), BENCH_MEM (20000), BENCH_THREADS (200; slow: 30), BENCH_KINDS
+# (the tokens, default "softhsm softhsm-remote nss nss-iter1").
 set -euo pipefail
 
 START=$(date +%s)
@@ -53,6 +54,12 @@ log() { echo "bench.sh: $*" >&2; }
 
 WORK=$(mktemp -d /tmp/p11tls-bench.XXXXXX)
 KINDS=(softhsm softhsm-remote nss nss-iter1)
+if [ -n "${BENCH_KINDS:-}" ]; then
+  read -r -a KINDS <<<"$BENCH_KINDS"
+  for k in "${KINDS[@]}"; do
+    case "$k" in softhsm | softhsm-remote | nss | nss-iter1) ;; *) echo "bench.sh: BENCH_KINDS: unknown token '$k'" >&2; exit 2 ;; esac
+  done
+fi
 cleanup() {
   local pid
   for k in "${KINDS[@]}"; do

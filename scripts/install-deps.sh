@@ -16,7 +16,7 @@ PKGS=(
   libcunit1-dev
   nginx curl gnutls-bin
   gdb procps psmisc iproute2
-  man-db groff-base
+  man-db groff-base lintian
   clang libclang-rt-14-dev llvm
 )
 apt-get update -q

@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include "p11.h"
+#include "tool.h"
 
 #define PROG "p11tls-tool"
 #define EXIT_USAGE 2
@@ -45,6 +46,14 @@ static void usage(FILE *f)
                "      Prints the token's label, p11tls's assurance level and master-secret\n"
                "      strategy on it (TLS 1.2, then TLS 1.3), what keeps it below `sealed`,\n"
                "      and whether its handle key is provisioned.\n"
+               "  " PROG " check --conf FILE [--key URI|FILE --cert PEM]\n"
+               "      Loads FILE as OpenSSL will (the provider, the token, the PIN), prints\n"
+               "      p11tls's status; with --key and --cert loads the key, matches it with\n"
+               "      the certificate and runs one handshake per protocol in memory (TLS 1.2\n"
+               "      RSA key exchange and ECDHE-RSA, TLS 1.3 on X25519 and P-256), saying\n"
+               "      for each where its secrets lived; else the first thing that is wrong\n"
+               "      and the option to change. Exit: 0 ok, 1 a check failed, 2 usage, 3\n"
+               "      handshakes work but some secrets are computed on the host.\n"
                "  " PROG " --help\n"
                "M is a PKCS#11 module path or p11-kit module name; A its C_Initialize\n"
                "reserved string (NSS softoken); errors come with OpenSSL's error queue.\n");
@@ -548,6 +557,8 @@ int main(int argc, char **argv)
         return cmd_info(argc - 1, argv + 1);
     if (strcmp(cmd, "provision") == 0)
         return cmd_provision(argc - 1, argv + 1);
+    if (strcmp(cmd, "check") == 0)
+        return tool_check(argc - 1, argv + 1);
     fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
     usage(stderr);
     return EXIT_USAGE;

@@ -14,6 +14,11 @@ CK_MECHANISM_TYPE p11_hmac_mech(p11_prf_hash h)
     return h == P11_PRF_SHA384 ? CKM_SHA384_HMAC : CKM_SHA256_HMAC;
 }
 
+CK_MECHANISM_TYPE p11_hash_mech(p11_prf_hash h)
+{
+    return h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256;
+}
+
 size_t p11_hash_len(p11_prf_hash h)
 {
     return h == P11_PRF_SHA384 ? 48 : 32;
@@ -73,7 +78,7 @@ CK_RV p11_hmac_of_object(p11_session *s, p11_prf_hash h, const unsigned char *ke
                          CK_OBJECT_HANDLE msg, unsigned char *out)
 {
     size_t hl = p11_hash_len(h), bl = h == P11_PRF_SHA384 ? 128 : 64;
-    CK_MECHANISM dm = {h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256, NULL, 0};
+    CK_MECHANISM dm = {p11_hash_mech(h), NULL, 0};
     unsigned char pad[128 + 48];
     CK_ULONG len = hl;
     CK_RV rv, irv;

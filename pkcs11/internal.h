@@ -127,6 +127,7 @@ CK_RV p11_hmac(p11_session *s, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE key, const 
                size_t inlen, unsigned char *out, CK_ULONG olen);
 CK_RV p11_p_hash(p11_session *s, p11_prf_hash h, CK_OBJECT_HANDLE key, const unsigned char *ls,
                  size_t lslen, unsigned char *out, size_t outlen);
+CK_MECHANISM_TYPE p11_hash_mech(p11_prf_hash h); /* CKM_SHA256 / CKM_SHA384 */
 /* HMAC(key, msg) with the message a secret object, via C_DigestKey (hmac.c) */
 CK_RV p11_hmac_of_object(p11_session *s, p11_prf_hash h, const unsigned char *key, size_t klen,
                          CK_OBJECT_HANDLE msg, unsigned char *out);
@@ -230,5 +231,16 @@ int p11_registry_put_made(p11_registry *r, p11_maker *m, const unsigned char key
 void p11_registry_made_drop(p11_registry *r, p11_maker *m);
 /* Unloading: closes the generations' sessions (of module initialisation tokgen). */
 void p11_registry_close_all(p11_registry *r, CK_FUNCTION_LIST_PTR fl, unsigned long tokgen);
+
+/* tls13_const.c: TLS 1.3's public constants (t->t13[h]). const_early: made if needed,
+ * with t->t13_lock held; const_match: the constants whose early-secret handle is
+ * handle, else NULL; const_salt: the "derived" salt's object after prev when prev is
+ * that handle (else CK_INVALID_HANDLE), at `transient` its value into value. */
+CK_RV p11_tls13_const_early(p11_session *s, p11_prf_hash h, struct p11_tls13_const **out);
+struct p11_tls13_const *p11_tls13_const_match(p11_session *s, p11_prf_hash h,
+                                              const unsigned char *handle);
+CK_RV p11_tls13_const_salt(p11_session *s, p11_prf_hash h, const unsigned char *prev,
+                           const unsigned char *dinfo, size_t dilen, CK_OBJECT_HANDLE *salt,
+                           unsigned char *value);
 
 #endif

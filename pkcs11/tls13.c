@@ -16,7 +16,8 @@
  *                       handle for the early secret's HMAC.
  * Secret objects are kept in the master-secret cache (registry.c, its generations),
  * keyed by the handle: a miss resolves the handle again (another process, after an
- * eviction, a KeyUpdate hours later). */
+ * eviction, a KeyUpdate hours later). The public constants (the early secret without a
+ * PSK, its "derived" salt) are made once per process: tls13_const.c. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -36,14 +37,6 @@ static void reg_key(const unsigned char *h, size_t n, unsigned char key[48])
         memset(key + n, 0x5c, 48 - n);
 }
 
-static CK_MECHANISM_TYPE hash_mech(p11_prf_hash h)
-{
-    return h == P11_PRF_SHA384 ? CKM_SHA384 : CKM_SHA256;
-}
-
-static struct p11_tls13_const *const_match(p11_session *s, p11_prf_hash h,
-                                           const unsigned char *handle);
-
 /* The secret object behind handle (hashlen bytes), pinned: released with
  * p11_registry_release(t->ms, s, *ref). */
 static CK_RV secret_object(p11_session *s, const unsigned char *handle, size_t n,
@@ -54,7 +47,8 @@ static CK_RV secret_object(p11_session *s, const unsigned char *handle, size_t n
     p11_reg_value v;
     p11_maker mk;
     CK_RV rv;
-    struct p11_tls13_const *c = const_match(s, n == 48 ? P11_PRF_SHA384 : P11_PRF_SHA256, handle);
+    struct p11_tls13_const *c =
+        p11_tls13_const_match(s, n == 48 ? P11_PRF_SHA384 : P11_PRF_SHA256, handle);
 
     *ref = NULL;
     if (c != NULL) { /* the early secret without a PSK: long-lived, not the cache's */
@@ -136,79 +130,6 @@ static CK_RV new_secret(p11_session *s, size_t n, make_fn make, void *arg,
         (void)p11_destroy(s, obj);
     }
     return rv;
-}
-
-/* ----------------------------------------------------------- constants */
-
-/* The early secret without a PSK, HKDF-Extract(0, 0), and the salt derived from
- * it, Derive-Secret(ES, "derived", ""), are public values, the same in every
- * handshake of a hash: made once per module initialisation as long-lived objects of
- * the owner session (with the early secret's handle), so that a full handshake
- * spends no token call on them. At `sealed` also an all-zero key of the hash's
- * length: the input of the master secret's HKDF-Extract. Guarded by t->t13_lock. */
-static CK_RV const_early(p11_session *s, p11_prf_hash h, struct p11_tls13_const **out)
-{
-    p11_token *t = s->tok;
-    struct p11_tls13_const *c = &t->t13[h];
-    size_t n = p11_hash_len(h);
-    static const unsigned char zeros[48];
-    CK_RV rv = CKR_OK;
-
-    *out = c;
-    if (c->gen == s->gen)
-        return CKR_OK;
-    c->zero = c->early = c->derived = CK_INVALID_HANDLE;
-    if (t->caps.tls13 == P11_MS_NATIVE) {
-        CK_ULONG len = n;
-        CK_ATTRIBUTE zt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                      {CKA_VALUE, (void *)zeros, n}};
-        CK_ATTRIBUTE et[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                      {CKA_VALUE_LEN, &len, sizeof(len)}};
-        P11_HKDF_PARAMS xp;
-        CK_MECHANISM xm = {P11_CKM_HKDF_DERIVE, &xp, sizeof(xp)};
-        memset(&xp, 0, sizeof(xp));
-        xp.bExtract = CK_TRUE;
-        xp.prfHashMechanism = hash_mech(h);
-        xp.ulSaltType = P11_CKF_HKDF_SALT_DATA;
-        xp.pSalt = (CK_BYTE_PTR)zeros;
-        xp.ulSaltLen = n;
-        xp.hSaltKey = CK_INVALID_HANDLE;
-        rv = p11_owner_create(s, zt, P11_SECRET_TEMPLATE_N + 1, &c->zero);
-        if (rv == CKR_OK)
-            rv = p11_owner_derive(s, &xm, c->zero, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
-        if (rv == CKR_OK)
-            rv = p11_handle_make_n(s, c->early, NULL, n, c->early_handle);
-    } else {
-        /* HMAC(salt = zeros, IKM = zeros): a public value crosses */
-        unsigned char es[48];
-        CK_ATTRIBUTE zt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                      {CKA_VALUE, (void *)zeros, n}};
-        CK_ATTRIBUTE et[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                      {CKA_VALUE, es, n}};
-        rv = p11_owner_create(s, zt, P11_SECRET_TEMPLATE_N + 1, &c->zero);
-        if (rv == CKR_OK)
-            rv = p11_hmac(s, p11_hmac_mech(h), c->zero, zeros, n, es, n);
-        if (rv == CKR_OK)
-            rv = p11_owner_create(s, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
-        if (rv == CKR_OK)
-            rv = p11_handle_make_n(s, c->early, es, n, c->early_handle);
-    }
-    if (rv == CKR_OK)
-        c->gen = s->gen;
-    return rv;
-}
-
-/* The constant early secret's object when handle is its handle, else NULL. */
-static struct p11_tls13_const *const_match(p11_session *s, p11_prf_hash h,
-                                           const unsigned char *handle)
-{
-    p11_token *t = s->tok;
-    struct p11_tls13_const *c = &t->t13[h];
-    int hit;
-    pthread_mutex_lock(&t->t13_lock);
-    hit = c->gen == s->gen && memcmp(handle, c->early_handle, p11_hash_len(h)) == 0;
-    pthread_mutex_unlock(&t->t13_lock);
-    return hit ? c : NULL;
 }
 
 /* ------------------------------------------------------------------ native */
@@ -295,11 +216,11 @@ static CK_RV make_extract(p11_session *s, void *varg, CK_OBJECT_HANDLE *out, uns
 
     memset(&xp, 0, sizeof(xp));
     xp.bExtract = CK_TRUE;
-    xp.prfHashMechanism = hash_mech(a->h);
+    xp.prfHashMechanism = p11_hash_mech(a->h);
     xp.hSaltKey = CK_INVALID_HANDLE;
     if (salt == CK_INVALID_HANDLE && a->prev != CK_INVALID_HANDLE) {
-        P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, hash_mech(a->h),   P11_CKF_HKDF_SALT_NULL,
-                              NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)a->dinfo,
+        P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, p11_hash_mech(a->h), P11_CKF_HKDF_SALT_NULL,
+                              NULL,     0,       CK_INVALID_HANDLE,   (CK_BYTE_PTR)a->dinfo,
                               a->dilen};
         struct hkdf_arg d = {{P11_CKM_HKDF_DERIVE, &dp, sizeof(dp)}, a->prev, n};
         rv = derive_secret(s, &d, &salt, extra);
@@ -360,7 +281,7 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
     if (rv != CKR_OK) {
         call = "C_UnwrapKey";
     } else if (t->caps.tls13 == P11_MS_NATIVE) {
-        P11_HKDF_PARAMS hp = {CK_FALSE, CK_TRUE, hash_mech(h),      P11_CKF_HKDF_SALT_NULL,
+        P11_HKDF_PARAMS hp = {CK_FALSE, CK_TRUE, p11_hash_mech(h),  P11_CKF_HKDF_SALT_NULL,
                               NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)info,
                               infolen};
         if (as_handle) {
@@ -410,57 +331,6 @@ int p11_tls13_expand(p11_token *t, p11_prf_hash h, const unsigned char *secret,
     return 1;
 }
 
-/* The salt object for an extract after prev: the constant one when prev is the
- * constant early secret (made on first use), else CK_INVALID_HANDLE. At `transient`
- * its (public) value too, into value. */
-static CK_RV const_salt(p11_session *s, p11_prf_hash h, const unsigned char *prev,
-                        const unsigned char *dinfo, size_t dilen, CK_OBJECT_HANDLE *salt,
-                        unsigned char *value)
-{
-    p11_token *t = s->tok;
-    struct p11_tls13_const *c = const_match(s, h, prev);
-    size_t n = p11_hash_len(h);
-    CK_RV rv = CKR_OK;
-
-    *salt = CK_INVALID_HANDLE;
-    if (c == NULL)
-        return CKR_OK;
-    pthread_mutex_lock(&t->t13_lock);
-    if (c->gen == s->gen && c->derived == CK_INVALID_HANDLE) {
-        if (t->caps.tls13 == P11_MS_NATIVE) {
-            CK_ULONG len = n;
-            CK_ATTRIBUTE dt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                          {CKA_VALUE_LEN, &len, sizeof(len)}};
-            P11_HKDF_PARAMS dp = {CK_FALSE, CK_TRUE, hash_mech(h),      P11_CKF_HKDF_SALT_NULL,
-                                  NULL,     0,       CK_INVALID_HANDLE, (CK_BYTE_PTR)dinfo,
-                                  dilen};
-            CK_MECHANISM dm = {P11_CKM_HKDF_DERIVE, &dp, sizeof(dp)};
-            rv = p11_owner_derive(s, &dm, c->early, dt, P11_SECRET_TEMPLATE_N + 1, &c->derived);
-        } else { /* HMAC(ES, HkdfLabel || 1): a public value crosses */
-            unsigned char d[48], *buf = malloc(dilen + 1);
-            CK_ATTRIBUTE dt[P11_SECRET_TEMPLATE_N + 1] = {P11_SECRET_TEMPLATE(&p11_yes),
-                                                          {CKA_VALUE, d, n}};
-            rv = buf == NULL ? CKR_HOST_MEMORY : CKR_OK;
-            if (rv == CKR_OK) {
-                memcpy(buf, dinfo, dilen);
-                buf[dilen] = 1;
-                rv = p11_hmac(s, p11_hmac_mech(h), c->early, buf, dilen + 1, d, n);
-            }
-            free(buf);
-            if (rv == CKR_OK)
-                rv = p11_owner_create(s, dt, P11_SECRET_TEMPLATE_N + 1, &c->derived);
-            if (rv == CKR_OK)
-                memcpy(c->derived_value, d, n);
-        }
-    }
-    if (c->gen == s->gen) {
-        *salt = c->derived;
-        memcpy(value, c->derived_value, n);
-    }
-    pthread_mutex_unlock(&t->t13_lock);
-    return rv;
-}
-
 int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                       const unsigned char *dinfo, size_t dilen, const unsigned char *ikm,
                       size_t ikmlen, unsigned flags, unsigned char *out)
@@ -489,7 +359,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     if (prev == NULL && ikm == NULL) { /* the early secret without a PSK: a constant */
         struct p11_tls13_const *c;
         pthread_mutex_lock(&t->t13_lock);
-        rv = const_early(&s, h, &c);
+        rv = p11_tls13_const_early(&s, h, &c);
         if (rv == CKR_OK)
             memcpy(out, c->early_handle, n);
         pthread_mutex_unlock(&t->t13_lock);
@@ -497,7 +367,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
     }
     if (prev != NULL) {
         call = "C_DeriveKey";
-        rv = const_salt(&s, h, prev, dinfo, dilen, &salt, sv);
+        rv = p11_tls13_const_salt(&s, h, prev, dinfo, dilen, &salt, sv);
         if (rv == CKR_OK && salt == CK_INVALID_HANDLE) {
             call = "C_UnwrapKey";
             rv = secret_object(&s, prev, n, &pk, &pref);
@@ -507,7 +377,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
         struct p11_tls13_const *c;
         call = "C_CreateObject";
         pthread_mutex_lock(&t->t13_lock);
-        rv = const_early(&s, h, &c);
+        rv = p11_tls13_const_early(&s, h, &c);
         in = c->zero;
         pthread_mutex_unlock(&t->t13_lock);
         ikm = zeros;
@@ -549,7 +419,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
         } else if (salt == CK_INVALID_HANDLE) { /* no salt: zeros */
             struct p11_tls13_const *c;
             pthread_mutex_lock(&t->t13_lock);
-            rv = const_early(&s, h, &c);
+            rv = p11_tls13_const_early(&s, h, &c);
             salt = c->zero;
             pthread_mutex_unlock(&t->t13_lock);
             memset(sv, 0, n);

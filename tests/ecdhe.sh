@@ -7,7 +7,7 @@
 #     ECDHE-RSA: the page on the group asked for; p11tls's call
 #     log shows a key pair generated in the token for exactly the handshakes on its
 #     groups (X25519: libssl's software key share, its secret imported as before)
-#   3 gnutls-cli on P-256 and P-384, Python's ssl on P-256; nginx (2 workers) with curl on P-256 (in the token
+#   3 gnutls-cli and Python's ssl on P-256, P-384 and P-521; nginx (2 workers) with curl on P-256 (in the token
 #     where it can) and with curl's default X25519; curl with p11tls as the client makes
 #     its own key share in its token
 #   4 'ecdhe = require': libssl offers only the token's curves, so a client that offers
@@ -90,7 +90,7 @@ chmod 666 "$NGX/p11tls.dbg"
 NPORT=$(p11_free_port)
 ngx_write_conf "$NGX" "$NPORT" protocols="TLSv1.2 TLSv1.3"
 if ngx_start "$NGX" "$NGX/dbg.cnf"; then
-  for g in SECP256R1 SECP384R1; do
+  for g in SECP256R1 SECP384R1 SECP521R1; do
     before=$(keygens "$NGX/p11tls.dbg")
     out=$(printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' | timeout 20 gnutls-cli \
       --priority "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CURVE-ALL:+CURVE-$g:-GROUP-ALL:+GROUP-$g" \
@@ -106,13 +106,14 @@ if ngx_start "$NGX" "$NGX/dbg.cnf"; then
     [ -n "$TOKEN_GROUPS" ] && want=1 || want=0
     check_eq "gnutls-cli on $g: key pairs generated in the worker's token ($want expected)" "$want" "$n"
   done
-  # Python's ssl with P-256 only (set_ecdh_curve restricts the groups it offers)
-  before=$(keygens "$NGX/p11tls.dbg")
-  out=$(timeout 20 python3 - "$NPORT" "$P11TLS_CERT" <<'PY' 2>&1 || true
+  # Python's ssl on each curve (set_ecdh_curve restricts the groups it offers)
+  for pc in prime256v1 secp384r1 secp521r1; do
+    before=$(keygens "$NGX/p11tls.dbg")
+    out=$(timeout 20 python3 - "$NPORT" "$P11TLS_CERT" "$pc" <<'PY' 2>&1 || true
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[2])
 ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.set_ecdh_curve("prime256v1")
+ctx.set_ecdh_curve(sys.argv[3])
 with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
     with ctx.wrap_socket(s, server_hostname="localhost") as t:
         t.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -125,11 +126,12 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
         print(t.version(), data.split(b"\r\n\r\n", 1)[-1].decode().strip())
 PY
 )
-  sleep 0.3
-  n=$(($(keygens "$NGX/p11tls.dbg") - before))
-  check "Python's ssl on P-256: TLS 1.3 page ($out)" grep -q "^TLSv1.3 hello from p11tls" <<<"$out"
-  [ -n "$TOKEN_GROUPS" ] && want=1 || want=0
-  check_eq "Python's ssl on P-256: key pairs generated in the worker's token ($want expected)" "$want" "$n"
+    sleep 0.3
+    n=$(($(keygens "$NGX/p11tls.dbg") - before))
+    check "Python's ssl on $pc: TLS 1.3 page ($out)" grep -q "^TLSv1.3 hello from p11tls" <<<"$out"
+    [ -n "$TOKEN_GROUPS" ] && want=1 || want=0
+    check_eq "Python's ssl on $pc: key pairs generated in the worker's token ($want expected)" "$want" "$n"
+  done
   ccurl() { curl -sS --cacert "$P11TLS_CERT" --resolve "localhost:$NPORT:127.0.0.1" "$@" "https://localhost:$NPORT/" 2>&1 || true; }
   before=$(keygens "$NGX/p11tls.dbg")
   body=$(ccurl --curves P-256)

@@ -444,6 +444,7 @@ static void remove_tmp_cnf(void)
 /* A copy of the token's openssl.cnf: without its default_properties line(s) and
  * with `min-assurance = key-only` when keyonly; with `handle-cache-size = cache` when cache > 0;
  * with `pkcs11-module = module` when module is not NULL. */
+static int derived_ecdhe_soft; /* derived_cnf: add `ecdhe = software` */
 static const char *derived_cnf(const char *cnf, int keyonly, int cache, const char *module)
 {
     char *path;
@@ -483,6 +484,10 @@ static const char *derived_cnf(const char *cnf, int keyonly, int cache, const ch
             continue;
         }
         fputs(line, o);
+        if (derived_ecdhe_soft && strncmp(p, "[p11tls_sect]", 13) == 0) {
+            fputs("ecdhe = software\n", o);
+            changed++;
+        }
         if (cache > 0 && strncmp(p, "[p11tls_sect]", 13) == 0) {
             fprintf(o, "handle-cache-size = %d\n", cache);
             changed++;
@@ -674,8 +679,8 @@ static int run_series(server_cfg *sc, int ci, int resumed, int n, series *res)
  * handshakes/s, server CPU/hs and token CPU/hs. */
 static void measure_handshakes(server_cfg **cfgs, int ncfg, int ci, int resumed, int runs, int n)
 {
-    double hs[3][64], cpu[3][64], tok[3][64];
-    int done[3] = {0}, ms_equal[3] = {0}, reused[3] = {0}, total[3] = {0}, failed[3] = {0};
+    double hs[4][64], cpu[4][64], tok[4][64];
+    int done[4] = {0}, ms_equal[4] = {0}, reused[4] = {0}, total[4] = {0}, failed[4] = {0};
     char key[64];
     series s;
 
@@ -1470,6 +1475,25 @@ static int report(int nfiles, char **files)
                    fmt_num(b2, sizeof(b2), (bc > 0 && ct > 0) ? ct - bc : -1, 0));
         }
     }
+    printf("P-256, the token's ECDHE (c) against libssl's (d: the same configuration with "
+           "`ecdhe = software`,\nits shared secret imported; the rest of the key schedule in the "
+           "token alike): hs/s, server CPU us/hs\n");
+    for (int i = 0; i < nfiles; i++) {
+        const kvfile *f = &F[i];
+        for (int res = 0; res < 2; res++) {
+            char kc[64], kd[64];
+            snprintf(kc, sizeof(kc), "c.tls13p256.%s", res ? "res" : "full");
+            snprintf(kd, sizeof(kd), "d.tls13p256.%s", res ? "res" : "full");
+            double ch = kv_num(f, kc, "hs_s"), ct = cpu_total(f, kc);
+            double dh = kv_num(f, kd, "hs_s"), dt = cpu_total(f, kd);
+            if (!kv_get(f, kd))
+                continue;
+            printf("%-15s %-14s (c) %7.0f %6.0f   (d) %7.0f %6.0f   (c)/(d) %5s   (c)-(d) %6s us\n",
+                   kv_get(f, "kind"), res ? "P-256 resumed" : "P-256 full", ch, ct, dh, dt,
+                   fmt_num(b1, sizeof(b1), (ch > 0 && dh > 0) ? ch / dh : -1, 2),
+                   fmt_num(b2, sizeof(b2), (ct > 0 && dt > 0) ? ct - dt : -1, 0));
+        }
+    }
 
     /* ---------------- raw */
     printf("\nRSA-2048 private-key operations (PKCS#1 v1.5 decrypt; ops/s, CPU us/op (+tok))\n");
@@ -1730,7 +1754,7 @@ static void print_machine(void)
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
-    server_cfg A, B, C;
+    server_cfg A, B, C, D;
     const char *only;
     int runs, nfull, nres, nraw, nmem, nthr, cpu;
     enum { RUN, COUNT, MEM, PROFILE } mode;
@@ -1779,6 +1803,7 @@ int main(int argc, char **argv)
     memset(&A, 0, sizeof(A));
     memset(&B, 0, sizeof(B));
     memset(&C, 0, sizeof(C));
+    memset(&D, 0, sizeof(D));
     if (mode == COUNT) {
         call_log = getenv("P11TLS_DEBUG");
         if (call_log == NULL || strchr(call_log, '/') == NULL)
@@ -1808,6 +1833,14 @@ int main(int argc, char **argv)
     }
     if (strchr(only, 'a'))
         make_soft(&A);
+    if (mode == RUN && strchr(only, 'c')) {
+        /* (d): (c) with `ecdhe = software`, for the P-256 rows: the token's ECDHE against
+         * libssl's on the same curve, the rest of the key schedule in the token alike */
+        derived_ecdhe_soft = 1;
+        make_token_cfg(&D, "d", derived_cnf(env("P11TLS_OPENSSL_CNF"), 0, 0, NULL));
+        derived_ecdhe_soft = 0;
+        D.desc = "p11tls, ecdhe = software";
+    }
 
     if (mode == COUNT) {
         /* Cold: the handle cache (COUNT_CACHE entries here) is not full yet; steady: it
@@ -1856,10 +1889,10 @@ int main(int argc, char **argv)
     out("loadavg.start", "%s", loadavg());
     for (int ci = 0; ci < NCI; ci++) {
         for (int res = 0; res < 2; res++) {
-            server_cfg *all[3] = {&A, &B, &C}, *cfgs[3];
+            server_cfg *all[4] = {&A, &B, &C, &D}, *cfgs[4];
             int ncfg = 0;
-            for (int j = 0; j < 3; j++)
-                if (all[j]->libctx != NULL)
+            for (int j = 0; j < 4; j++)
+                if (all[j]->libctx != NULL && (j < 3 || ci == CI_TLS13_P256))
                     cfgs[ncfg++] = all[j];
             measure_handshakes(cfgs, ncfg, ci, res, runs, res ? nres : nfull);
         }

@@ -93,7 +93,7 @@ static void raise_no_wrap_key(p11_token *t, const char *label, int provisioning_
         p11_err(PROV_R_INVALID_CONFIG_DATA,
                 "token '%s' has no handle key '%s' (seen by %s): create it once with "
                 "'p11tls-tool provision', as the user that owns the token's storage (see "
-                "README, Provisioning)",
+                "man p11tls-tool)",
                 t->label, label, who);
     else
         p11_err(ERR_R_OPERATION_FAIL,

@@ -202,7 +202,7 @@ int p11_tls_pms_unwrap(p11_key *k, const unsigned char *ct, size_t ctlen, unsign
         rv = P11_CALL(s.fl, C_GetAttributeValue, s.h, good ? p : r, &la, 1);
         /* A token that does not report the length (SoftHSM2 says 0 for an object
          * unwrapped without CKA_VALUE_LEN, and refuses that attribute) cannot have it
-         * checked: see the README's security section. */
+         * checked: see docs/security.md. */
         good &= (rv == CKR_OK) & ((got == 48) | ((got == 0) & (t->caps.ms == P11_MS_HMAC)));
     }
     if (t->caps.ms == P11_MS_HMAC) {

@@ -87,7 +87,7 @@ CK_RV p11_token_login(p11_token *t, CK_SESSION_HANDLE h)
     if (t->pin_failed)
         return t->login_refusal != 0 ? CKR_PIN_LOCKED : CKR_PIN_INCORRECT;
     /* A token that says its PIN is locked, or that the next wrong PIN locks it, gets
-     * no attempt from p11tls: a wrong PIN here would lock it (see the README). The
+     * no attempt from p11tls: a wrong PIN here would lock it (see docs/security.md). The
      * flags are the token's when its slot was (re)selected, right before the first
      * login of each module initialisation (no call of its own: SoftHSM2 re-reads its
      * store for it, which races the other processes' logins after a fork). */

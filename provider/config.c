@@ -171,7 +171,7 @@ int p11tls_cfg_check_keys(const p11tls_cfg *c)
                        "p11tls: unknown option '%s' in section [%s] of %s%s (options: "
                        "pkcs11-module, pkcs11-init-args, token, pin-source, min-assurance, "
                        "strategy, max-sessions, handle-lifetime, handle-cache-size, "
-                       "scrub-heap, debug; see p11tls's README)",
+                       "scrub-heap, ecdhe, debug; see man p11tls)",
                        k, sect, file,
                        strncmp(k, "pkcs11-module-", 14) == 0
                            ? " (a pkcs11-provider option p11tls has no equivalent for)"

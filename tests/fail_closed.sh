@@ -287,7 +287,7 @@ check "unknown key: named, and said to be pkcs11-provider's" grep -q "unknown op
 start_fails "unknown key" "$unk" "unknown option 'pkcs11-module-quirks'"
 long=$(printf 'x%.0s' $(seq 1 300))
 st=$(status "$(variant long "s/^token = /$long = 1\ntoken = /")")
-check "a 300-character cause is not cut in the status line" grep -q "unknown option '$long' in section \[p11tls_sect\] of $work/long.cnf (options: .*README)" <<< "$st"
+check "a 300-character cause is not cut in the status line" grep -q "unknown option '$long' in section \[p11tls_sect\] of $work/long.cnf (options: .*see man p11tls)" <<< "$st"
 alias=$(variant alias 's/^pin-source = /pkcs11-module-token-pin = /; s/^pkcs11-module = /pkcs11-module-path = /')
 check "pkcs11-provider's names are accepted" grep -q 'status: active' <<< "$(status "$alias")"
 ngx=$work/ngx6

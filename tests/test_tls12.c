@@ -392,7 +392,7 @@ int main(void)
                          {NULL, NULL},
                          {NULL, NULL}};
     /* Only tokens that report the version bytes (native TLS mechanisms) can
-     * check them: see the README's security section. */
+     * check them: see docs/security.md. */
     if (kind != NULL && strcmp(kind, "nss") == 0)
         all[8] = (CU_TestInfo){"RSA key exchange, wrong version", test_rsa_kx_wrong_version};
     return tu_run("tls12", all);

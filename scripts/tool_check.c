@@ -324,7 +324,7 @@ int tool_check(int argc, char **argv)
         printf("  matches the key\n");
     }
     if (cert == NULL) {
-        printf("(no --key and --cert: no handshakes)\n");
+        printf("(%s: no handshakes)\n", key == NULL ? "no --key and --cert" : "no --cert");
         rc = 0;
         goto done;
     }

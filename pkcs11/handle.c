@@ -11,6 +11,7 @@
 #include <sys/random.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/proverr.h>
 #include "internal.h"
 
@@ -41,8 +42,9 @@ static const char *wrap_label(const p11_token *t)
 
 /* Creates the token's handle-wrapping key (p11_tls_provision only: a long-lived token
  * object is made on purpose, by whoever owns the token's storage, never as a side
- * effect of serving TLS). */
-static CK_RV create_wrap_key(p11_session *s)
+ * effect of serving TLS): generated in the token, or from value (32 bytes: the same key
+ * in several tokens, from a backup) with C_CreateObject. */
+static CK_RV create_wrap_key(p11_session *s, const unsigned char *value)
 {
     p11_token *t = s->tok;
     int sealed = t->caps.ms != P11_MS_HMAC;
@@ -59,7 +61,9 @@ static CK_RV create_wrap_key(p11_session *s)
      * (at this level the secret passes through p11tls's memory anyway). */
     CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)},
                            {CKA_KEY_TYPE, &kt, sizeof(kt)},
-                           {CKA_VALUE_LEN, &len, sizeof(len)},
+                           {value != NULL ? CKA_VALUE : CKA_VALUE_LEN,
+                            value != NULL ? (void *)value : (void *)&len,
+                            value != NULL ? 32 : sizeof(len)},
                            {CKA_TOKEN, (void *)&p11_yes, sizeof(p11_yes)},
                            {CKA_PRIVATE, (void *)&p11_yes, sizeof(p11_yes)},
                            {CKA_SENSITIVE, (void *)&p11_yes, sizeof(p11_yes)},
@@ -74,12 +78,17 @@ static CK_RV create_wrap_key(p11_session *s)
 
     if (getrandom(id, sizeof(id), 0) != sizeof(id))
         return CKR_FUNCTION_FAILED;
-    rv = P11_CALL(s->fl, C_GenerateKey, s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &mine);
-    if (rv == CKR_OK)
-        p11_debug("created token key '%s' in token '%s'", label, t->label);
+    if (value != NULL)
+        rv = P11_CALL(s->fl, C_CreateObject, s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &mine);
     else
-        p11_err_ckr("C_GenerateKey", rv, "creating the handle key '%s' in token '%s'", label,
-                    t->label);
+        rv = P11_CALL(s->fl, C_GenerateKey, s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
+                      &mine);
+    if (rv == CKR_OK)
+        p11_debug("created token key '%s' in token '%s'%s", label, t->label,
+                  value != NULL ? " (from the given value)" : "");
+    else
+        p11_err_ckr(value != NULL ? "C_CreateObject" : "C_GenerateKey", rv,
+                    "creating the handle key '%s' in token '%s'", label, t->label);
     return rv;
 }
 
@@ -189,7 +198,77 @@ int p11_handle_probe_cbc(p11_session *s, CK_OBJECT_HANDLE k)
     return ok;
 }
 
+/* A handle key's fingerprint: its AES-256-ECB encryption of a public 32-byte constant,
+ * the first 16 bytes (a known plaintext under the key: it tells keys apart and gives
+ * nothing of them). In the token: wrapped (`sealed`, wrap-only keys) or encrypted. */
+static const unsigned char fp_const[32] = "p11tls handle key fingerprint v1";
+
+static CK_RV fingerprint(p11_session *s, CK_OBJECT_HANDLE k, unsigned char fp[16])
+{
+    CK_ULONG len = sizeof(fp_const);
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, (void *)&p11_secret_class, sizeof(p11_secret_class)},
+                        {CKA_KEY_TYPE, (void *)&p11_generic_type, sizeof(p11_generic_type)},
+                        {CKA_TOKEN, (void *)&p11_no, sizeof(p11_no)},
+                        {CKA_SENSITIVE, (void *)&p11_no, sizeof(p11_no)},
+                        {CKA_EXTRACTABLE, (void *)&p11_yes, sizeof(p11_yes)},
+                        {CKA_VALUE, (void *)fp_const, len}};
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
+    unsigned char out[64];
+    CK_ULONG ol = sizeof(out);
+    CK_RV rv;
+
+    if (s->tok->caps.ms != P11_MS_HMAC) {
+        rv = P11_CALL(s->fl, C_CreateObject, s->h, t, 6, &o);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s->fl, C_WrapKey, s->h, &ecb, k, o, out, &ol);
+        if (o != CK_INVALID_HANDLE)
+            (void)P11_CALL(s->fl, C_DestroyObject, s->h, o);
+    } else {
+        rv = P11_CALL(s->fl, C_EncryptInit, s->h, &ecb, k);
+        if (rv == CKR_OK)
+            rv = P11_CALL(s->fl, C_Encrypt, s->h, (CK_BYTE_PTR)fp_const, len, out, &ol);
+    }
+    if (rv == CKR_OK && ol < 16)
+        rv = CKR_FUNCTION_FAILED;
+    if (rv == CKR_OK)
+        memcpy(fp, out, 16);
+    return rv;
+}
+
+int p11_handle_key_fingerprint_of(const unsigned char value[32], unsigned char fp[16])
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    unsigned char out[48];
+    int ol = 0, ok = c != NULL && EVP_EncryptInit_ex(c, EVP_aes_256_ecb(), NULL, value, NULL) &&
+                     EVP_CIPHER_CTX_set_padding(c, 0) &&
+                     EVP_EncryptUpdate(c, out, &ol, fp_const, sizeof(fp_const)) && ol >= 16;
+    if (ok)
+        memcpy(fp, out, 16);
+    EVP_CIPHER_CTX_free(c);
+    return ok;
+}
+
+int p11_tls_handle_key_fingerprint(p11_token *t, unsigned char fp[16])
+{
+    p11_session s;
+    CK_OBJECT_HANDLE k;
+    CK_RV rv;
+    if (!p11_session_get(t, &s))
+        return 0;
+    rv = p11_handle_key_find(&s, &k, 1);
+    if (rv == CKR_OK && (rv = fingerprint(&s, k, fp)) != CKR_OK)
+        p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'", t->label);
+    p11_session_put(&s, rv);
+    return rv == CKR_OK;
+}
+
 int p11_tls_provision(p11_token *t, int *created)
+{
+    return p11_tls_provision_value(t, NULL, created);
+}
+
+int p11_tls_provision_value(p11_token *t, const unsigned char *value, int *created)
 {
     p11_session s;
     CK_OBJECT_HANDLE objs[1];
@@ -206,10 +285,42 @@ int p11_tls_provision(p11_token *t, int *created)
     if (!p11_session_get(t, &s))
         return 0;
     rv = find_wrap_keys(&s, wrap_label(t), objs, 1, &n);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK) {
         p11_err_ckr("C_FindObjects", rv, "looking for the handle key '%s'", wrap_label(t));
-    else if (n == 0 && (rv = create_wrap_key(&s)) == CKR_OK)
+    } else if (n == 0 && (rv = create_wrap_key(&s, value)) == CKR_OK) {
         *created = 1;
+        if (value != NULL) { /* the token holds what was given: checked, not assumed */
+            unsigned char have[16], want[16];
+            CK_OBJECT_HANDLE k;
+            rv = p11_handle_key_find(&s, &k, 1);
+            if (rv == CKR_OK && (rv = fingerprint(&s, k, have)) != CKR_OK)
+                p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'",
+                            t->label);
+            if (rv == CKR_OK && (!p11_handle_key_fingerprint_of(value, want) ||
+                                 memcmp(have, want, sizeof(have)) != 0)) {
+                p11_err(ERR_R_OPERATION_FAIL,
+                        "token '%s': the handle key made from the given value does not "
+                        "encrypt as that value does",
+                        t->label);
+                rv = CKR_FUNCTION_FAILED;
+            }
+        }
+    } else if (n > 0 && value != NULL) {
+        /* already there: it must be the same key, else handles would not move */
+        unsigned char have[16], want[16];
+        CK_OBJECT_HANDLE k;
+        rv = p11_handle_key_find(&s, &k, 1);
+        if (rv == CKR_OK && (rv = fingerprint(&s, k, have)) != CKR_OK)
+            p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'", t->label);
+        if (rv == CKR_OK && (!p11_handle_key_fingerprint_of(value, want) ||
+                             memcmp(have, want, sizeof(have)) != 0)) {
+            p11_err(PROV_R_INVALID_CONFIG_DATA,
+                    "token '%s' already has a handle key '%s', and it is not the one given: "
+                    "left as it is (handles minted with one do not resolve with the other)",
+                    t->label, wrap_label(t));
+            rv = CKR_KEY_HANDLE_INVALID;
+        }
+    }
     p11_session_put(&s, rv);
     return rv == CKR_OK;
 }

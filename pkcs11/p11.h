@@ -227,6 +227,13 @@ int p11_tls_prepare(p11_token *t);
 /* Provisioning (p11tls-tool provision): creates the handle-wrapping key for the
  * token's level if it has none (*created = 1), as a long-lived token object. */
 int p11_tls_provision(p11_token *t, int *created);
+/* The same from a given key value (32 bytes; NULL: generated in the token), so that
+ * several tokens share one handle key (a handle minted with one resolves with any):
+ * where the token has a handle key already, succeeds only if it is that value's. */
+int p11_tls_provision_value(p11_token *t, const unsigned char *value, int *created);
+/* The handle key's fingerprint (16 bytes, public): in the token, and of a key value. */
+int p11_tls_handle_key_fingerprint(p11_token *t, unsigned char fp[16]);
+int p11_handle_key_fingerprint_of(const unsigned char value[32], unsigned char fp[16]);
 const char *p11_tls_handle_key_label(const p11_token *t);
 /* 1: the handle key is in the token; 0: it is not; -1: the lookup failed. */
 int p11_tls_handle_key_present(p11_token *t);

@@ -4,6 +4,7 @@
 #
 # Usage:
 #   scripts/make-token.sh --kind KIND --dir DIR [--label LABEL] [--force] [--client | --no-client]
+#                         [--key-backup FILE --passphrase-file P]
 #   scripts/make-token.sh --stop --dir DIR
 #
 # KIND is one of:
@@ -25,7 +26,9 @@
 #                      OPENSSL_CONF.
 #   an RSA-2048 key pair in the token: label "p11tls-key", id 01 (private key
 #   sensitive and not extractable), made with p11tls-tool keygen, and the
-#   handle-wrapping key p11tls needs (p11tls-tool provision).
+#   handle-wrapping key p11tls needs (p11tls-tool provision; with --key-backup the
+#   key in FILE, encrypted under the passphrase in P, made and written there first if
+#   FILE does not exist: tokens made with one backup share the handle key).
 # When the p11tls provider is found (p11tls.so in $P11TLS_PROVIDER_DIR, else in
 # OpenSSL's MODULESDIR from `openssl version -m`), also:
 #   openssl.cnf        loads p11tls for this token (use with OPENSSL_CONF=...)
@@ -91,6 +94,7 @@ note() { echo "$PROG: $*"; }
 
 # ------------------------------------------------------------------ options
 KIND='' DIR='' LABEL='' FORCE=0 STOP=0 CLIENT=default
+KEY_BACKUP= PASSFILE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --kind) [ $# -ge 2 ] || usage_error "--kind needs a value"; KIND=$2; shift 2 ;;
@@ -101,6 +105,8 @@ while [ $# -gt 0 ]; do
     --label=*) LABEL=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
     --stop) STOP=1; shift ;;
+    --key-backup) [ $# -ge 2 ] || usage_error "--key-backup needs a value"; KEY_BACKUP=$2; shift 2 ;;
+    --passphrase-file) [ $# -ge 2 ] || usage_error "--passphrase-file needs a value"; PASSFILE=$2; shift 2 ;;
     --client) CLIENT=yes; shift ;;
     --no-client) CLIENT=no; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -400,9 +406,17 @@ find_tool
 "$TOOL" keygen --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
   --pin-file "$PIN_FILE" --label "$KEY_LABEL" --id "$KEY_ID" --bits 2048 --if-missing ||
   die "key generation failed in token '$LABEL'"
-# The long-lived handle-wrapping key p11tls needs (it never creates it by itself).
+# The long-lived handle-wrapping key p11tls needs (it never creates it by itself); with
+# --key-backup, the one in that backup file (a new one written there if it is missing).
+backup_args=()
+if [ -n "$KEY_BACKUP" ]; then
+  [ -n "$PASSFILE" ] || die "--key-backup needs --passphrase-file"
+  backup_args=(--key-backup "$KEY_BACKUP" --passphrase-file "$PASSFILE")
+  [ -e "$KEY_BACKUP" ] || backup_args+=(--new)
+fi
 "$TOOL" provision --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
-  --pin-file "$PIN_FILE" >/dev/null || die "provisioning the handle key failed in token '$LABEL'"
+  --pin-file "$PIN_FILE" "${backup_args[@]}" >/dev/null ||
+  die "provisioning the handle key failed in token '$LABEL'"
 
 # ------------------------------------------------------------ env.sh
 write_env() {

@@ -17,6 +17,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/crypto.h>
 #include "p11.h"
 #include "tool.h"
 
@@ -36,10 +37,16 @@ static void usage(FILE *f)
                "      --if-missing (or --force) is given: then it leaves it and exits 0.\n"
                "  " PROG " provision --module M [--init-args A] --token-uri URI --pin-file F\n"
                "         [--strategy auto|native|hmac]\n"
+               "         [--key-backup FILE --passphrase-file P [--new]]\n"
                "      Creates the token's handle-wrapping key (an AES-256 token object that\n"
                "      p11tls needs and never creates by itself) if it has none. Run it once\n"
                "      per token, as the user that owns the token's storage; exits 0 if the\n"
                "      key is there afterwards. --strategy: as the openssl.cnf option.\n"
+               "      With --key-backup: the key comes from FILE (encrypted under the\n"
+               "      passphrase in P), or with --new is made here and written to FILE\n"
+               "      (0600, never overwritten) first: tokens provisioned from one backup\n"
+               "      resolve each other's handles (tickets, session IDs). Prints the\n"
+               "      key's fingerprint (public) to compare tokens.\n"
                "  " PROG " pem-uri --uri URI --out FILE\n"
                "      Writes URI into FILE as a PEM block \"" PEM_LABEL "\" (no PIN allowed).\n"
                "  " PROG " info --module M [--init-args A] --token-uri URI [--pin-file F]\n"
@@ -68,9 +75,9 @@ static void fail_report(const char *what)
 /* ------------------------------------------------------------ options */
 struct opts {
     const char *module, *init_args, *token_uri, *pin_file, *label, *id_hex, *uri, *out;
-    const char *strategy;
+    const char *strategy, *key_backup, *passphrase_file;
     unsigned long bits;
-    int if_missing;
+    int if_missing, new_backup;
 };
 
 enum {
@@ -85,23 +92,30 @@ enum {
     O_URI,
     O_OUT,
     O_STRATEGY,
+    O_KEY_BACKUP,
+    O_PASSPHRASE_FILE,
+    O_NEW,
     O_HELP
 };
 
-static const struct option long_opts[] = {{"module", required_argument, NULL, O_MODULE},
-                                          {"init-args", required_argument, NULL, O_INIT_ARGS},
-                                          {"token-uri", required_argument, NULL, O_TOKEN_URI},
-                                          {"pin-file", required_argument, NULL, O_PIN_FILE},
-                                          {"label", required_argument, NULL, O_LABEL},
-                                          {"id", required_argument, NULL, O_ID},
-                                          {"bits", required_argument, NULL, O_BITS},
-                                          {"if-missing", no_argument, NULL, O_IF_MISSING},
-                                          {"force", no_argument, NULL, O_IF_MISSING},
-                                          {"uri", required_argument, NULL, O_URI},
-                                          {"out", required_argument, NULL, O_OUT},
-                                          {"strategy", required_argument, NULL, O_STRATEGY},
-                                          {"help", no_argument, NULL, O_HELP},
-                                          {NULL, 0, NULL, 0}};
+static const struct option long_opts[] = {
+    {"module", required_argument, NULL, O_MODULE},
+    {"init-args", required_argument, NULL, O_INIT_ARGS},
+    {"token-uri", required_argument, NULL, O_TOKEN_URI},
+    {"pin-file", required_argument, NULL, O_PIN_FILE},
+    {"label", required_argument, NULL, O_LABEL},
+    {"id", required_argument, NULL, O_ID},
+    {"bits", required_argument, NULL, O_BITS},
+    {"if-missing", no_argument, NULL, O_IF_MISSING},
+    {"force", no_argument, NULL, O_IF_MISSING},
+    {"uri", required_argument, NULL, O_URI},
+    {"out", required_argument, NULL, O_OUT},
+    {"strategy", required_argument, NULL, O_STRATEGY},
+    {"key-backup", required_argument, NULL, O_KEY_BACKUP},
+    {"passphrase-file", required_argument, NULL, O_PASSPHRASE_FILE},
+    {"new", no_argument, NULL, O_NEW},
+    {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0}};
 
 /* Returns 0 on success, EXIT_USAGE on a usage error, -1 when --help was printed. */
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -157,6 +171,15 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 fprintf(stderr, PROG ": --strategy must be auto, native or hmac\n");
                 return EXIT_USAGE;
             }
+            break;
+        case O_KEY_BACKUP:
+            o->key_backup = optarg;
+            break;
+        case O_PASSPHRASE_FILE:
+            o->passphrase_file = optarg;
+            break;
+        case O_NEW:
+            o->new_backup = 1;
             break;
         case 'h':
         case O_HELP:
@@ -490,10 +513,19 @@ static int cmd_info(int argc, char **argv)
     printf("missing: %s\n", c->missing[0] != '\0' ? c->missing : "(nothing)");
     if (c->level != P11_LEVEL_NONE) {
         int present = p11_tls_handle_key_present(t);
-        printf("handle-key: %s (%s)\n", p11_tls_handle_key_label(t),
+        unsigned char fp[16];
+        char hexfp[48] = "";
+        if (present > 0 && p11_tls_handle_key_fingerprint(t, fp)) {
+            strcpy(hexfp, ", fingerprint ");
+            for (int i = 0; i < 16; i++)
+                snprintf(hexfp + 14 + 2 * i, 3, "%02x", fp[i]);
+        }
+        ERR_clear_error();
+        printf("handle-key: %s (%s%s)\n", p11_tls_handle_key_label(t),
                present > 0    ? "present"
                : present == 0 ? "missing: run p11tls-tool provision"
-                              : "lookup failed");
+                              : "lookup failed",
+               hexfp);
     }
     printf("mechanisms:%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s\n", c->rsa_pkcs ? " rsa-pkcs" : "",
            c->rsa_pkcs_unwrap ? " rsa-pkcs-unwrap" : "", c->rsa_oaep ? " rsa-oaep" : "",
@@ -522,16 +554,49 @@ static int cmd_provision(int argc, char **argv)
     if (!require(o.module, "--module") || !require(o.token_uri, "--token-uri") ||
         !require(o.pin_file, "--pin-file"))
         return EXIT_USAGE;
+    if ((o.key_backup != NULL) != (o.passphrase_file != NULL) ||
+        (o.new_backup && o.key_backup == NULL)) {
+        fprintf(stderr, PROG ": provision: --key-backup and --passphrase-file go together "
+                             "(--new with them)\n");
+        return EXIT_USAGE;
+    }
     t = open_token(&o, pin_source, sizeof(pin_source));
     if (t == NULL)
         return 1;
-    if (!p11_tls_provision(t, &created)) {
+    if (o.key_backup != NULL) {
+        /* the handle key from (or into a new) backup: the same key in several tokens */
+        unsigned char value[32];
+        int have = o.new_backup ? tool_backup_new(o.key_backup, o.passphrase_file, value)
+                                : tool_backup_read(o.key_backup, o.passphrase_file, value);
+        int done = have && p11_tls_provision_value(t, value, &created);
+        OPENSSL_cleanse(value, sizeof(value));
+        if (!done) {
+            if (have && o.new_backup)
+                unlink(o.key_backup); /* a backup of a key no token holds */
+            if (have)
+                fail_report("cannot provision the token from the backup");
+            p11_token_free(t);
+            return 1;
+        }
+    } else if (!p11_tls_provision(t, &created)) {
         fail_report("cannot provision the token");
         p11_token_free(t);
         return 1;
     }
-    printf("token '%s': handle key '%s' %s\n", p11_token_label(t), p11_tls_handle_key_label(t),
-           created ? "created" : "already present (left as it is)");
+    {
+        unsigned char fp[16];
+        char hexfp[33] = "(unknown)";
+        if (p11_tls_handle_key_fingerprint(t, fp))
+            for (int i = 0; i < 16; i++)
+                snprintf(hexfp + 2 * i, 3, "%02x", fp[i]);
+        ERR_clear_error();
+        printf("token '%s': handle key '%s' %s%s; fingerprint %s\n", p11_token_label(t),
+               p11_tls_handle_key_label(t), created ? "created" : "already present (left as it is)",
+               o.key_backup == NULL ? ""
+               : o.new_backup       ? ", backup written"
+                                    : ", from the backup",
+               hexfp);
+    }
     p11_token_free(t);
     return 0;
 }

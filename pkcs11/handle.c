@@ -263,6 +263,21 @@ int p11_tls_handle_key_fingerprint(p11_token *t, unsigned char fp[16])
     return rv == CKR_OK;
 }
 
+/* Is the token's handle key the one of value? CKR_OK, CKR_FUNCTION_FAILED if not
+ * (raised by the caller), or the failed call's CKR (raised here). */
+static CK_RV same_key(p11_session *s, const unsigned char value[32])
+{
+    unsigned char have[16], want[16];
+    CK_OBJECT_HANDLE k;
+    CK_RV rv = p11_handle_key_find(s, &k, 1);
+    if (rv == CKR_OK && (rv = fingerprint(s, k, have)) != CKR_OK)
+        p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'", s->tok->label);
+    if (rv == CKR_OK &&
+        (!p11_handle_key_fingerprint_of(value, want) || memcmp(have, want, sizeof(have)) != 0))
+        rv = CKR_FUNCTION_FAILED;
+    return rv;
+}
+
 int p11_tls_provision(p11_token *t, int *created)
 {
     return p11_tls_provision_value(t, NULL, created);
@@ -289,31 +304,15 @@ int p11_tls_provision_value(p11_token *t, const unsigned char *value, int *creat
         p11_err_ckr("C_FindObjects", rv, "looking for the handle key '%s'", wrap_label(t));
     } else if (n == 0 && (rv = create_wrap_key(&s, value)) == CKR_OK) {
         *created = 1;
-        if (value != NULL) { /* the token holds what was given: checked, not assumed */
-            unsigned char have[16], want[16];
-            CK_OBJECT_HANDLE k;
-            rv = p11_handle_key_find(&s, &k, 1);
-            if (rv == CKR_OK && (rv = fingerprint(&s, k, have)) != CKR_OK)
-                p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'",
-                            t->label);
-            if (rv == CKR_OK && (!p11_handle_key_fingerprint_of(value, want) ||
-                                 memcmp(have, want, sizeof(have)) != 0)) {
-                p11_err(ERR_R_OPERATION_FAIL,
-                        "token '%s': the handle key made from the given value does not "
-                        "encrypt as that value does",
-                        t->label);
-                rv = CKR_FUNCTION_FAILED;
-            }
-        }
+        /* the token holds what was given: checked, not assumed */
+        if (value != NULL && (rv = same_key(&s, value)) == CKR_FUNCTION_FAILED)
+            p11_err(ERR_R_OPERATION_FAIL,
+                    "token '%s': the handle key made from the given value does not encrypt "
+                    "as that value does",
+                    t->label);
     } else if (n > 0 && value != NULL) {
         /* already there: it must be the same key, else handles would not move */
-        unsigned char have[16], want[16];
-        CK_OBJECT_HANDLE k;
-        rv = p11_handle_key_find(&s, &k, 1);
-        if (rv == CKR_OK && (rv = fingerprint(&s, k, have)) != CKR_OK)
-            p11_err_ckr("C_WrapKey", rv, "the handle key's fingerprint in token '%s'", t->label);
-        if (rv == CKR_OK && (!p11_handle_key_fingerprint_of(value, want) ||
-                             memcmp(have, want, sizeof(have)) != 0)) {
+        if ((rv = same_key(&s, value)) == CKR_FUNCTION_FAILED) {
             p11_err(PROV_R_INVALID_CONFIG_DATA,
                     "token '%s' already has a handle key '%s', and it is not the one given: "
                     "left as it is (handles minted with one do not resolve with the other)",

@@ -410,8 +410,10 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
                 rv = p11_hmac(&s, p11_hmac_mech(h), pk, buf, dilen + 1, d, n);
                 free(buf);
             }
-            if (rv == CKR_OK) {
+            if (rv == CKR_OK)
                 memcpy(sv, d, n);
+            if (rv == CKR_OK && ecdh == CK_INVALID_HANDLE) {
+                /* (an ECDHE secret is digested with the salt's value: no salt object) */
                 call = "C_CreateObject";
                 rv = import_secret(&s, d, n, &tmp);
                 salt = tmp;
@@ -433,8 +435,7 @@ int p11_tls13_extract(p11_token *t, p11_prf_hash h, const unsigned char *prev,
             /* an ECDHE secret made in the token: the data of this HMAC, by C_DigestKey;
              * the salt's value is here (a public constant, or the HMAC output above) */
             call = "C_DigestKey";
-            rv = salt == CK_INVALID_HANDLE ? CKR_ARGUMENTS_BAD
-                                           : p11_hmac_of_object(&s, h, sv, n, ecdh, prk);
+            rv = p11_hmac_of_object(&s, h, sv, n, ecdh, prk);
         } else if (rv == CKR_OK) {
             call = "C_Sign";
             rv = p11_hmac(&s, p11_hmac_mech(h), salt, data, ikmlen, prk, n);

@@ -517,8 +517,7 @@ static int cmd_info(int argc, char **argv)
         char hexfp[48] = "";
         if (present > 0 && p11_tls_handle_key_fingerprint(t, fp)) {
             strcpy(hexfp, ", fingerprint ");
-            for (int i = 0; i < 16; i++)
-                snprintf(hexfp + 14 + 2 * i, 3, "%02x", fp[i]);
+            hex_string(fp, sizeof(fp), hexfp + 14);
         }
         ERR_clear_error();
         printf("handle-key: %s (%s%s)\n", p11_tls_handle_key_label(t),
@@ -587,8 +586,7 @@ static int cmd_provision(int argc, char **argv)
         unsigned char fp[16];
         char hexfp[33] = "(unknown)";
         if (p11_tls_handle_key_fingerprint(t, fp))
-            for (int i = 0; i < 16; i++)
-                snprintf(hexfp + 2 * i, 3, "%02x", fp[i]);
+            hex_string(fp, sizeof(fp), hexfp);
         ERR_clear_error();
         printf("token '%s': handle key '%s' %s%s; fingerprint %s\n", p11_token_label(t),
                p11_tls_handle_key_label(t), created ? "created" : "already present (left as it is)",

@@ -345,3 +345,17 @@ CK_RV p11_ecdh_lengthen(p11_session *s, CK_OBJECT_HANDLE z, size_t n, CK_OBJECT_
         p11_scrub_heap();
     return rv;
 }
+
+int p11_ecdh_held(p11_token *t, const unsigned char *h, size_t n)
+{
+    unsigned char key[48];
+    if (n == 0 || n > 66)
+        return 0;
+    ecdh_key(h, n, key);
+    return p11_registry_has(t->pms, key, p11_token_epoch(t)) ? P11_HELD_ONLY : 0;
+}
+
+p11_token *p11_eckey_token(const p11_eckey *k)
+{
+    return k->t;
+}

@@ -146,6 +146,22 @@ int p11_ec_point_from_attr(const unsigned char *a, size_t alen, size_t flen, uns
 /* At activation: can the token generate a key pair of curve c and derive with it? */
 int p11_ecdh_probe(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, p11_token *t, p11_curve c);
 
+/* Where a handle lives (pool.c routes by them): P11_HELD_* of what this process's
+ * tables hold for it in t; 0: nothing (a handle any member resolves, or none). */
+#define P11_HELD_CACHED 1 /* a cached secret: resolvable elsewhere too, from its handle */
+#define P11_HELD_ONLY                                                                              \
+    2 /* an object only t has (a pre-master or ECDH secret, a local                                \
+         TLS 1.3 secret): the operation must run on t */
+int p11_tls_held(p11_token *t, const unsigned char *h, size_t n);   /* tls12.c */
+int p11_tls13_held(p11_token *t, const unsigned char *h, size_t n); /* tls13.c */
+int p11_ecdh_held(p11_token *t, const unsigned char *h, size_t n);  /* ecdh.c */
+/* session.c: 1 while t is lost in this process (not re-opened yet); its cause and
+ * when (ms, monotonic) into the arguments (may be NULL). */
+int p11_token_lost(p11_token *t, char *cause, size_t len, long long *since_ms);
+long long p11_now_ms(void);
+CK_FUNCTION_LIST_PTR p11_token_functions(const p11_token *t); /* token.c */
+p11_token *p11_eckey_token(const p11_eckey *k);               /* ecdh.c */
+
 /* caps.c */
 void p11_caps_probe(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SESSION_HANDLE h, int force_ms,
                     p11_caps *c);
@@ -190,6 +206,7 @@ typedef struct {
 } p11_reg_value;
 #define P11_REG_SHARED 2u /* obj[0] is not the entry's own: never destroyed with it */
 #define P11_REG_ECDH 4u   /* pms: obj[0] is an ECDH shared secret (ecdh.c) */
+#define P11_REG_LOCAL 8u  /* ms: a TLS 1.3 secret whose handle only this cache resolves */
 /* own_sessions: objects are made in the registry's own sessions (generations,
  * p11_registry_make_begin), never destroyed one by one (the master-secret cache). */
 p11_registry *p11_registry_new(unsigned max_entries, unsigned lifetime, int own_sessions);
@@ -204,8 +221,9 @@ int p11_registry_put(p11_registry *r, p11_session *s, const unsigned char key[48
 int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long epoch, int take,
                      p11_reg_value *out, void **ref);
 void p11_registry_release(p11_registry *r, p11_session *s, void *ref);
-/* 1 if a live entry of this epoch has key (no pin). */
+/* 1 if a live entry of this epoch has key (no pin); _flags: its flags, else -1. */
 int p11_registry_has(p11_registry *r, const unsigned char key[48], unsigned long epoch);
+int p11_registry_flags(p11_registry *r, const unsigned char key[48], unsigned long epoch);
 unsigned long p11_registry_count(p11_registry *r);
 /* A session was lost (and closed): its objects are gone; forget their entries. */
 void p11_registry_forget_session(p11_registry *r, CK_SESSION_HANDLE h);

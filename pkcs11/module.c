@@ -1,7 +1,10 @@
-/* module.c - loading a PKCS#11 module (by path, or by p11-kit module name),
+/* module.c - loading a PKCS#11 module (by path, or by p11-kit module name: one
+ * configured with 'remote:' is p11-kit's RPC client of that server, an instance of
+ * its own, so that several p11-kit servers can be used at once),
  * initialising it with OS locking and pReserved init arguments, and
  * re-initialising it after fork or device loss. */
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/proverr.h>
@@ -14,6 +17,7 @@ struct p11_module {
     char *path;
     char *init_args; /* NULL: none */
     int initialized;
+    CK_FUNCTION_LIST **kit; /* p11-kit's module list, kept for a 'remote:' module */
 };
 
 static CK_RV module_initialize(p11_module *m)
@@ -31,12 +35,16 @@ static CK_RV module_initialize(p11_module *m)
     return rv;
 }
 
-/* A p11-kit module name: find its path and x-init-reserved in p11-kit's config. */
-static int resolve_name(const char *name, char **path, char **init_args)
+/* A p11-kit module name: find its path and x-init-reserved in p11-kit's config.
+ * A module configured with 'remote:' has no file of its own: its function list
+ * (p11-kit's RPC client of that server) goes to *remote, and the list that holds
+ * it to *kit (kept while the module is in use). */
+static int resolve_name(const char *name, char **path, char **init_args, CK_FUNCTION_LIST **remote,
+                        CK_FUNCTION_LIST ***kit)
 {
     CK_FUNCTION_LIST **mods = p11_kit_modules_load(NULL, P11_KIT_MODULE_UNMANAGED);
     CK_FUNCTION_LIST *mod;
-    int ok = 0;
+    char *r;
 
     if (mods == NULL) {
         p11_err(PROV_R_INVALID_CONFIG_DATA,
@@ -45,23 +53,41 @@ static int resolve_name(const char *name, char **path, char **init_args)
         return 0;
     }
     mod = p11_kit_module_for_name(mods, name);
-    if (mod == NULL) {
-        p11_err(PROV_R_INVALID_CONFIG_DATA,
-                "pkcs11-module: no p11-kit module named '%s' (see p11-kit list-modules)", name);
-    } else {
+    if (mod != NULL) {
         *path = p11_kit_module_get_filename(mod);
         if (*init_args == NULL)
             *init_args = p11_kit_config_option(mod, "x-init-reserved");
-        ok = *path != NULL;
+        p11_kit_modules_release(mods);
+        return *path != NULL;
     }
     p11_kit_modules_release(mods);
-    return ok;
+    /* p11-kit lists a 'remote:' module only among its managed ones */
+    mods = p11_kit_modules_load(NULL, 0);
+    mod = mods != NULL ? p11_kit_module_for_name(mods, name) : NULL;
+    r = mod != NULL ? p11_kit_config_option(mod, "remote") : NULL;
+    if (r == NULL) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "pkcs11-module: no p11-kit module named '%s' (see p11-kit list-modules)", name);
+        if (mods != NULL)
+            p11_kit_modules_release(mods);
+        return 0;
+    }
+    free(r);
+    if (*init_args == NULL)
+        *init_args = p11_kit_config_option(mod, "x-init-reserved");
+    *path = malloc(strlen(name) + 32);
+    if (*path != NULL)
+        sprintf(*path, "p11-kit module '%s' (remote)", name);
+    *remote = mod;
+    *kit = mods; /* kept: it holds mod */
+    return *path != NULL;
 }
 
 p11_module *p11_module_load(const char *path_or_name, const char *init_args)
 {
     p11_module *m;
     char *path = NULL, *args = NULL;
+    CK_FUNCTION_LIST *remote = NULL, **kit = NULL;
     CK_RV rv;
 
     if (path_or_name == NULL || *path_or_name == '\0') {
@@ -72,7 +98,7 @@ p11_module *p11_module_load(const char *path_or_name, const char *init_args)
         args = strdup(init_args);
     if (strchr(path_or_name, '/') != NULL) {
         path = strdup(path_or_name);
-    } else if (!resolve_name(path_or_name, &path, &args)) {
+    } else if (!resolve_name(path_or_name, &path, &args, &remote, &kit)) {
         free(args);
         return NULL;
     }
@@ -85,9 +111,12 @@ p11_module *p11_module_load(const char *path_or_name, const char *init_args)
     }
     m->path = path;
     m->init_args = args;
+    m->kit = kit;
+    m->fl = remote;
     /* Loaded directly (any module, p11-kit's own proxy included); p11-kit is only
      * asked to resolve module names. */
-    m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (m->fl == NULL)
+        m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (m->dl != NULL) {
         CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(m->dl, "C_GetFunctionList");
         CK_RV grv = get != NULL ? get(&m->fl) : CKR_FUNCTION_NOT_SUPPORTED;

@@ -290,4 +290,77 @@ int p11_ecdh_derive(p11_eckey *k, const unsigned char *peer, size_t peerlen, uns
 /* Number of secret objects p11tls currently holds in the token (tests, benchmarks). */
 unsigned long p11_tls_live_objects(p11_token *t);
 
+/* ----------------------------------------------------------------- pool */
+/* One or more tokens used as one (pool.c): the provider's view of its token(s). Each
+ * operation goes to the member that holds what it is given (a pre-master or ECDH
+ * secret, a handshake-only TLS 1.3 secret: affinity per handshake, with no connection
+ * state); an operation that starts something new goes to the usable member with the
+ * fewest operations in flight in this process, ties in turn. A member that is lost
+ * is left out at once; the operation is retried on another member where nothing it
+ * depends on lives only in the lost one; a background thread probes the lost member
+ * and it is used again as soon as it answers. A single token is a pool of one. */
+#define P11_POOL_MAX 8
+typedef struct {
+    const char *name; /* "member1": for messages and the status */
+    p11_token_cfg cfg;
+} p11_pool_member_cfg;
+typedef struct p11_pool p11_pool;
+/* Opens every member (an error names the one that failed), prepares each (its handle
+ * key) and checks that they share it (fingerprints). Members below min are kept out
+ * (never used); none left is an error. probe_ms: the lost members' probe interval. */
+p11_pool *p11_pool_open(const p11_pool_member_cfg *m, unsigned n, p11_level min, unsigned probe_ms);
+void p11_pool_free(p11_pool *p);
+unsigned p11_pool_size(const p11_pool *p);
+p11_token *p11_pool_token(const p11_pool *p, unsigned i);
+/* "token 'a'" (one member) or "pool of 2 tokens ('a', 'b')": for messages */
+const char *p11_pool_label(const p11_pool *p);
+/* What the pool offers: the members in use combined (the lowest level; a curve in the
+ * token only where every one has it). Fixed at opening. */
+const p11_caps *p11_pool_caps(const p11_pool *p);
+/* The lowest level of the members usable now (P11_LEVEL_NONE: none is). */
+p11_level p11_pool_level_now(p11_pool *p);
+typedef enum { P11_MEMBER_IN_USE, P11_MEMBER_LOST, P11_MEMBER_BELOW_MIN } p11_member_state;
+/* A member's state, and a line about it ("member1 token 'a' (transient): in use, 1234
+ * operations" ...) into buf. */
+p11_member_state p11_pool_member(p11_pool *p, unsigned i, char *buf, size_t len);
+/* Operations sent to member i by this process (tests, benchmarks). */
+unsigned long p11_pool_member_ops(p11_pool *p, unsigned i);
+/* 1 if key (n bytes) is a TLS 1.3 handle some member holds (p11_tls13_known). */
+int p11_pool_tls13_known(p11_pool *p, const unsigned char *key, size_t n);
+
+/* The server's key in every member in use (the same key: refused, naming the member,
+ * when one lacks it or holds another). */
+typedef struct p11_pool_key p11_pool_key;
+p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri);
+p11_pool_key *p11_pool_key_ref(p11_pool_key *k);
+void p11_pool_key_free(p11_pool_key *k);
+void p11_pool_key_public(const p11_pool_key *k, const unsigned char **n, size_t *nlen,
+                         const unsigned char **e, size_t *elen);
+int p11_pool_rsa_sign(p11_pool_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                      unsigned char *sig, size_t *siglen);
+int p11_pool_rsa_decrypt(p11_pool_key *k, CK_MECHANISM *mech, const unsigned char *in, size_t inlen,
+                         unsigned char *out, size_t *outlen);
+/* The operations above, routed (same arguments as the token's). */
+int p11_pool_pms_unwrap(p11_pool_key *k, const unsigned char *ct, size_t ctlen,
+                        unsigned client_version, unsigned alt_version,
+                        unsigned char handle[P11_TLS_HANDLE_LEN]);
+int p11_pool_tls_master(p11_pool *p, p11_prf_hash h, int ems, const unsigned char *secret,
+                        size_t secretlen, const unsigned char *seed, size_t seedlen,
+                        unsigned char handle[P11_TLS_HANDLE_LEN]);
+int p11_pool_tls_prf(p11_pool *p, p11_prf_hash h, const unsigned char handle[P11_TLS_HANDLE_LEN],
+                     const unsigned char *labelseed, size_t lslen, unsigned char *out,
+                     size_t outlen);
+int p11_pool_tls13_extract(p11_pool *p, p11_prf_hash h, const unsigned char *prev,
+                           const unsigned char *dinfo, size_t dilen, const unsigned char *ikm,
+                           size_t ikmlen, unsigned flags, unsigned char *out);
+int p11_pool_tls13_expand(p11_pool *p, p11_prf_hash h, const unsigned char *secret,
+                          const unsigned char *info, size_t infolen, unsigned flags,
+                          unsigned char *out, size_t outlen);
+int p11_pool_tls13_hmac(p11_pool *p, p11_prf_hash h, const unsigned char *key,
+                        const unsigned char *data, size_t datalen, unsigned char *out);
+/* A key pair on a member that has the curve (the derive runs there). */
+p11_eckey *p11_pool_ecdh_keygen(p11_pool *p, p11_curve c);
+int p11_pool_ecdh_derive(p11_pool *p, p11_eckey *k, const unsigned char *peer, size_t peerlen,
+                         unsigned char *out);
+
 #endif

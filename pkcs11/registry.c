@@ -478,16 +478,22 @@ int p11_registry_get(p11_registry *r, const unsigned char key[48], unsigned long
 
 int p11_registry_has(p11_registry *r, const unsigned char key[48], unsigned long epoch)
 {
+    return p11_registry_flags(r, key, epoch) >= 0;
+}
+
+int p11_registry_flags(p11_registry *r, const unsigned char key[48], unsigned long epoch)
+{
     node *n;
-    int found;
+    int flags = -1;
     time_t now = time(NULL);
     pthread_mutex_lock(&r->lock);
     for (n = r->buckets[bucket_of(r, key)]; n != NULL; n = n->hnext)
         if (CRYPTO_memcmp(n->key, key, 48) == 0)
             break;
-    found = n != NULL && n->epoch == epoch && now - n->born < (time_t)r->lifetime;
+    if (n != NULL && n->epoch == epoch && now - n->born < (time_t)r->lifetime)
+        flags = (int)n->v.flags;
     pthread_mutex_unlock(&r->lock);
-    return found;
+    return flags;
 }
 
 void p11_registry_release(p11_registry *r, p11_session *s, void *ref)

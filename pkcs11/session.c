@@ -40,7 +40,7 @@ int p11_rv_is_session_loss(CK_RV rv)
     return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv_is_device_loss(rv);
 }
 
-static long long now_ms(void)
+long long p11_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -96,7 +96,7 @@ static void mark_lost_locked(p11_token *t, const char *cause, int reported)
         return;
     t->broken = 1;
     r = &t->loss;
-    r->since = r->next_try = now_ms();
+    r->since = r->next_try = p11_now_ms();
     /* lost again right after coming back (a re-open that finds the token but not
      * what p11tls needs in it): the next re-open waits its turn */
     if (t->back_at != 0 && r->next_try < t->back_at + RETRY_MS)
@@ -128,7 +128,7 @@ static int reopen_locked(p11_token *t, char *why, size_t whylen)
     int ok;
 
     r->attempts++;
-    r->next_try = now_ms() + RETRY_MS;
+    r->next_try = p11_now_ms() + RETRY_MS;
     reset_pool_locked(t);
     ERR_set_mark();
     rv = p11_module_reinit(t->mod);
@@ -142,9 +142,10 @@ static int reopen_locked(p11_token *t, char *why, size_t whylen)
         return 0;
     p11_debug("token '%s' is back after %.2f s (lost: %s; %lu re-open attempt(s), %lu "
               "operation(s) refused meanwhile)",
-              t->label, (double)(now_ms() - r->since) / 1000.0, r->cause, r->attempts, r->refused);
+              t->label, (double)(p11_now_ms() - r->since) / 1000.0, r->cause, r->attempts,
+              r->refused);
     t->broken = 0;
-    t->back_at = now_ms();
+    t->back_at = p11_now_ms();
     return 1;
 }
 
@@ -152,7 +153,7 @@ static int reopen_locked(p11_token *t, char *why, size_t whylen)
 static int reopen_if_due_locked(p11_token *t, char *why, size_t whylen)
 {
     why[0] = '\0';
-    if (now_ms() < t->loss.next_try)
+    if (p11_now_ms() < t->loss.next_try)
         return 0;
     return reopen_locked(t, why, whylen);
 }
@@ -173,7 +174,7 @@ static void refuse_locked(p11_token *t, const char *why)
                 t->label, r->cause, why[0] ? "; re-opening it failed: " : "", why, RETRY_MS);
     } else if (!queue_reports_loss(t)) {
         p11_err(ERR_R_OPERATION_FAIL, "token '%s' unavailable (lost %.1f s ago; retrying)",
-                t->label, (double)(now_ms() - r->since) / 1000.0);
+                t->label, (double)(p11_now_ms() - r->since) / 1000.0);
     }
 }
 
@@ -397,4 +398,17 @@ void p11_session_put(p11_session *s, CK_RV last_rv)
     pthread_mutex_unlock(&t->lock);
     s->tok = NULL;
     p11_sigpipe_guard_leave();
+}
+
+int p11_token_lost(p11_token *t, char *cause, size_t len, long long *since_ms)
+{
+    int lost;
+    pthread_mutex_lock(&t->lock);
+    lost = t->broken && t->pid == getpid();
+    if (lost && cause != NULL)
+        snprintf(cause, len, "%s", t->loss.cause);
+    if (lost && since_ms != NULL)
+        *since_ms = t->loss.since;
+    pthread_mutex_unlock(&t->lock);
+    return lost;
 }

@@ -574,3 +574,13 @@ unsigned long p11_tls_live_objects(p11_token *t)
     unsigned long g = __atomic_load_n(&t->gen, __ATOMIC_ACQUIRE);
     return p11_registry_objects(t->pms, g) + p11_registry_objects(t->ms, g);
 }
+
+int p11_tls_held(p11_token *t, const unsigned char *h, size_t n)
+{
+    unsigned long ep = p11_token_epoch(t);
+    if (n != P11_TLS_HANDLE_LEN)
+        return 0;
+    if (p11_registry_has(t->pms, h, ep))
+        return P11_HELD_ONLY; /* a pre-master secret: only here */
+    return p11_registry_has(t->ms, h, ep) ? P11_HELD_CACHED : 0;
+}

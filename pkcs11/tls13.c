@@ -116,6 +116,7 @@ static CK_RV new_secret(p11_session *s, size_t n, make_fn make, void *arg,
     }
     memset(&v, 0, sizeof(v));
     v.obj[0] = obj;
+    v.flags = (flags & P11_TLS13_LOCAL) ? P11_REG_LOCAL : 0;
     if (rv == CKR_OK) {
         reg_key(handle, n, key);
         if (!p11_registry_put_made(t->ms, &mk, key, &v)) {
@@ -506,4 +507,15 @@ int p11_tls13_known(p11_token *t, const unsigned char *key, size_t n)
         return 0;
     reg_key(key, n, k);
     return p11_registry_has(t->ms, k, p11_token_epoch(t));
+}
+
+int p11_tls13_held(p11_token *t, const unsigned char *h, size_t n)
+{
+    unsigned char k[48];
+    int f;
+    if (n != 32 && n != 48)
+        return 0;
+    reg_key(h, n, k);
+    f = p11_registry_flags(t->ms, k, p11_token_epoch(t));
+    return f < 0 ? 0 : (f & P11_REG_LOCAL) ? P11_HELD_ONLY : P11_HELD_CACHED;
 }

@@ -6,7 +6,23 @@
 #include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
+#include <openssl/crypto.h>
 #include "internal.h"
+
+/* The early secret without a PSK is a public value, so its handle is a public
+ * constant too, the same in every token: a handshake may take it to any member of a
+ * pool (pool.c), and each token makes the objects behind it on first use. */
+static const char early_256[] = "p11tls:tls13:early-secret:sha2";
+static const char early_384[] = "p11tls:tls13:early-secret-without-psk:sha2-384";
+_Static_assert(sizeof(early_256) == 31 && sizeof(early_384) == 47, "32 and 48 bytes");
+
+static void early_handle(p11_prf_hash h, unsigned char *out)
+{
+    size_t n = p11_hash_len(h);
+    /* the strings and the byte that ends them: 32 and 48 bytes */
+    memcpy(out, h == P11_PRF_SHA384 ? early_384 : early_256, n - 1);
+    out[n - 1] = 0x5e;
+}
 
 /* The early secret without a PSK, HKDF-Extract(0, 0), and the salt derived from
  * it, Derive-Secret(ES, "derived", ""), are public values, the same in every
@@ -44,8 +60,6 @@ CK_RV p11_tls13_const_early(p11_session *s, p11_prf_hash h, struct p11_tls13_con
         rv = p11_owner_create(s, zt, P11_SECRET_TEMPLATE_N + 1, &c->zero);
         if (rv == CKR_OK)
             rv = p11_owner_derive(s, &xm, c->zero, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
-        if (rv == CKR_OK)
-            rv = p11_handle_make_n(s, c->early, NULL, n, c->early_handle);
     } else {
         /* HMAC(salt = zeros, IKM = zeros): a public value crosses */
         unsigned char es[48];
@@ -58,11 +72,12 @@ CK_RV p11_tls13_const_early(p11_session *s, p11_prf_hash h, struct p11_tls13_con
             rv = p11_hmac(s, p11_hmac_mech(h), c->zero, zeros, n, es, n);
         if (rv == CKR_OK)
             rv = p11_owner_create(s, et, P11_SECRET_TEMPLATE_N + 1, &c->early);
-        if (rv == CKR_OK)
-            rv = p11_handle_make_n(s, c->early, es, n, c->early_handle);
+        OPENSSL_cleanse(es, sizeof(es)); /* (public, but a secret's buffer) */
     }
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
+        early_handle(h, c->early_handle);
         c->gen = s->gen;
+    }
     return rv;
 }
 
@@ -71,12 +86,18 @@ struct p11_tls13_const *p11_tls13_const_match(p11_session *s, p11_prf_hash h,
                                               const unsigned char *handle)
 {
     p11_token *t = s->tok;
-    struct p11_tls13_const *c = &t->t13[h];
-    int hit;
+    struct p11_tls13_const *c = NULL;
+    unsigned char e[48];
+    CK_RV rv;
+
+    early_handle(h, e);
+    if (memcmp(handle, e, p11_hash_len(h)) != 0)
+        return NULL;
+    /* (made here on first use: the handle may come from another pool member) */
     pthread_mutex_lock(&t->t13_lock);
-    hit = c->gen == s->gen && memcmp(handle, c->early_handle, p11_hash_len(h)) == 0;
+    rv = p11_tls13_const_early(s, h, &c);
     pthread_mutex_unlock(&t->t13_lock);
-    return hit ? c : NULL;
+    return rv == CKR_OK ? c : NULL;
 }
 
 /* The salt object for an extract after prev: the constant one when prev is the

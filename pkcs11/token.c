@@ -391,3 +391,8 @@ unsigned long p11_token_epoch(const p11_token *t)
 {
     return __atomic_load_n(&t->epoch, __ATOMIC_ACQUIRE);
 }
+
+CK_FUNCTION_LIST_PTR p11_token_functions(const p11_token *t)
+{
+    return t->fl;
+}

@@ -145,7 +145,7 @@ static int enc_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
                        "p11tls: decryption needs a token key");
         return 0;
     }
-    p11_key_public(c->key->tok, &n, &nlen, &e, &elen);
+    p11_pool_key_public(c->key->tok, &n, &nlen, &e, &elen);
     while (nlen > 0 && *n == 0)
         n++, nlen--;
     modlen = nlen;
@@ -184,7 +184,7 @@ static int enc_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
                        "use ECDHE suites with 'min-assurance = key-only'");
         ok = 0;
     } else if (c->pad == RSA_PKCS1_WITH_TLS_PADDING) {
-        ok = p11_tls_pms_unwrap(c->key->tok, in, inlen, c->client_version, c->alt_version, out);
+        ok = p11_pool_pms_unwrap(c->key->tok, in, inlen, c->client_version, c->alt_version, out);
         if (ok)
             *outlen = P11_TLS_HANDLE_LEN;
     } else if (c->pad == RSA_PKCS1_PADDING || c->pad == RSA_PKCS1_OAEP_PADDING) {
@@ -210,7 +210,7 @@ static int enc_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
                 goto end;
             }
         }
-        ok = tmp != NULL && p11_rsa_decrypt(c->key->tok, &mech, in, inlen, tmp, &tlen);
+        ok = tmp != NULL && p11_pool_rsa_decrypt(c->key->tok, &mech, in, inlen, tmp, &tlen);
         if (ok && tlen > outsize) {
             ERR_raise(ERR_LIB_PROV, PROV_R_OUTPUT_BUFFER_TOO_SMALL);
             ok = 0;

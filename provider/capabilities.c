@@ -67,7 +67,7 @@ static int tls_groups(const P11TLS_PROV *prov, OSSL_CALLBACK *cb, void *arg)
     for (size_t i = 0; i < sizeof(ec_groups) / sizeof(ec_groups[0]); i++) {
         if (prov->ecdhe == P11TLS_ECDHE_REQUIRE) {
             int c = p11_curve_from_name(ec_groups[i].internal);
-            if (c < 0 || prov->token == NULL || !p11_token_caps(prov->token)->ecdh[c])
+            if (c < 0 || prov->pool == NULL || !p11_pool_caps(prov->pool)->ecdh[c])
                 continue;
         }
         unsigned id = ec_groups[i].id, sec = ec_groups[i].secbits;

@@ -9,6 +9,7 @@
  * the same `token` value the core gave: a program that loaded another file (its own
  * name, OPENSSL_INIT_set_config_filename) is not second-guessed. Values are never
  * quoted in messages (a misplaced PIN must not reach a log). */
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <openssl/conf.h>
@@ -28,7 +29,11 @@ static const char *const own_keys[] = {"pkcs11-module",
                                        "strategy",
                                        "scrub-heap",
                                        "ecdhe",
+                                       "probe-interval",
                                        NULL};
+/* The keys of a pool member's section (memberN = SECTION). */
+static const char *const member_keys[] = {"token", "pkcs11-module", "pkcs11-init-args",
+                                          "pin-source", NULL};
 static const char *const core_keys[] = {"module", "activate", "identity", "soft_load", NULL};
 
 /* pkcs11-provider's names for the same settings (documented aliases). */
@@ -79,6 +84,7 @@ int p11tls_cfg_read(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn
                       OSSL_PARAM_utf8_ptr("strategy", &c->strategy, 0),
                       OSSL_PARAM_utf8_ptr("scrub-heap", &c->scrub_heap, 0),
                       OSSL_PARAM_utf8_ptr("ecdhe", &c->ecdhe, 0),
+                      OSSL_PARAM_utf8_ptr("probe-interval", &c->probe_interval, 0),
                       OSSL_PARAM_utf8_ptr(aliases[0].alias, &alias_val[0], 0),
                       OSSL_PARAM_utf8_ptr(aliases[1].alias, &alias_val[1], 0),
                       OSSL_PARAM_utf8_ptr(aliases[2].alias, &alias_val[2], 0),
@@ -87,6 +93,23 @@ int p11tls_cfg_read(const OSSL_CORE_HANDLE *handle, OSSL_FUNC_core_get_params_fn
 
     if (!get(handle, p))
         return 0;
+    /* pool members: OpenSSL passes a key whose value names a section as that
+     * section's keys, "member1.token" and so on */
+    for (int i = 0; i < P11_POOL_MAX; i++) {
+        char names[4][48];
+        OSSL_PARAM mp[5];
+        snprintf(names[0], sizeof(names[0]), "member%d.token", i + 1);
+        snprintf(names[1], sizeof(names[1]), "member%d.pkcs11-module", i + 1);
+        snprintf(names[2], sizeof(names[2]), "member%d.pkcs11-init-args", i + 1);
+        snprintf(names[3], sizeof(names[3]), "member%d.pin-source", i + 1);
+        mp[0] = OSSL_PARAM_construct_utf8_ptr(names[0], &c->member[i].token, 0);
+        mp[1] = OSSL_PARAM_construct_utf8_ptr(names[1], &c->member[i].module, 0);
+        mp[2] = OSSL_PARAM_construct_utf8_ptr(names[2], &c->member[i].init_args, 0);
+        mp[3] = OSSL_PARAM_construct_utf8_ptr(names[3], &c->member[i].pin_source, 0);
+        mp[4] = OSSL_PARAM_construct_end();
+        if (!get(handle, mp))
+            return 0;
+    }
     for (size_t i = 0; i < N_ALIASES; i++) {
         if (alias_val[i] == NULL)
             continue;
@@ -144,7 +167,7 @@ int p11tls_cfg_check_keys(const p11tls_cfg *c)
     const char *tok;
     int ok = 1;
 
-    if (file == NULL || c->prov_name == NULL || c->token == NULL)
+    if (file == NULL || c->prov_name == NULL || (c->token == NULL && c->member[0].token == NULL))
         goto done;
     conf = NCONF_new(NULL);
     ERR_set_mark();
@@ -154,9 +177,15 @@ int p11tls_cfg_check_keys(const p11tls_cfg *c)
         goto done;
     }
     sect = find_section(conf, c->prov_name);
-    tok = sect != NULL ? NCONF_get_string(conf, sect, "token") : NULL;
+    if (sect != NULL && c->token == NULL) { /* a pool: member1's section */
+        const char *m1 = NCONF_get_string(conf, sect, "member1");
+        tok = m1 != NULL ? NCONF_get_string(conf, m1, "token") : NULL;
+    } else {
+        tok = sect != NULL ? NCONF_get_string(conf, sect, "token") : NULL;
+    }
     ERR_pop_to_mark();
-    if (sect == NULL || tok == NULL || strcmp(tok, c->token) != 0) {
+    if (sect == NULL || tok == NULL ||
+        strcmp(tok, c->token != NULL ? c->token : c->member[0].token) != 0) {
         p11_debug("configuration check skipped: '%s' is not the file the provider was "
                   "configured from",
                   file);
@@ -165,17 +194,51 @@ int p11tls_cfg_check_keys(const p11tls_cfg *c)
     l = NCONF_get_section(conf, sect);
     for (int i = 0; l != NULL && i < sk_CONF_VALUE_num(l); i++) {
         const char *k = skip_dot(sk_CONF_VALUE_value(l, i)->name);
+        int mn = 0;
+        char mname[16];
         if (in_list(own_keys, k) || in_list(core_keys, k) || is_alias(k))
             continue;
+        if (sscanf(k, "member%d", &mn) == 1 && mn >= 1 && mn <= P11_POOL_MAX &&
+            snprintf(mname, sizeof(mname), "member%d", mn) > 0 && strcmp(k, mname) == 0) {
+            /* a pool member: its section's keys */
+            const char *ms = sk_CONF_VALUE_value(l, i)->value;
+            STACK_OF(CONF_VALUE) *m = NCONF_get_section(conf, ms);
+            if (m == NULL) {
+                ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                               "p11tls: option '%s' in section [%s] of %s names no section "
+                               "(a pool member is a section with token, pkcs11-module, "
+                               "pkcs11-init-args, pin-source; see man p11tls)",
+                               k, sect, file);
+                ok = 0;
+                break;
+            }
+            for (int j = 0; j < sk_CONF_VALUE_num(m); j++) {
+                const char *mk = skip_dot(sk_CONF_VALUE_value(m, j)->name);
+                if (in_list(member_keys, mk))
+                    continue;
+                ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                               "p11tls: unknown option '%s' in section [%s] (pool member '%s') "
+                               "of %s (options: token, pkcs11-module, pkcs11-init-args, "
+                               "pin-source; see man p11tls)",
+                               mk, ms, k, file);
+                ok = 0;
+                break;
+            }
+            if (!ok)
+                break;
+            continue;
+        }
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
                        "p11tls: unknown option '%s' in section [%s] of %s%s (options: "
                        "pkcs11-module, pkcs11-init-args, token, pin-source, min-assurance, "
                        "strategy, max-sessions, handle-lifetime, handle-cache-size, "
-                       "scrub-heap, ecdhe, debug; see man p11tls)",
+                       "scrub-heap, ecdhe, probe-interval, member1..member%d, debug; see man "
+                       "p11tls)",
                        k, sect, file,
                        strncmp(k, "pkcs11-module-", 14) == 0
                            ? " (a pkcs11-provider option p11tls has no equivalent for)"
-                           : "");
+                           : "",
+                       P11_POOL_MAX);
         ok = 0;
         break;
     }

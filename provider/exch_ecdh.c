@@ -88,7 +88,7 @@ static int ecdh_derive(void *vctx, unsigned char *secret, size_t *secretlen, siz
         if (!p11tls_usable(c->prov) ||
             !EVP_PKEY_get_octet_string_param(c->peer->sw, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt,
                                              sizeof(pt), &ptlen) ||
-            !p11_ecdh_derive(c->key->tok, pt, ptlen, secret))
+            !p11_pool_ecdh_derive(c->key->prov->pool, c->key->tok, pt, ptlen, secret))
             return 0;
         *secretlen = flen;
         return 1;

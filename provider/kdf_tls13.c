@@ -149,7 +149,7 @@ static int local_label(const K13CTX *c)
 static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_PARAM params[])
 {
     K13CTX *c = vctx;
-    p11_token *t = c->prov->token;
+    p11_pool *t = c->prov->pool;
     size_t hl;
     unsigned char info[2 + 1 + 255 + 1 + 255];
     size_t ilen;
@@ -184,7 +184,7 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
                               c->hash == P11_PRF_SHA384 ? empty_sha384 : empty_sha256, hl);
         }
         /* the early, handshake and master secrets serve the handshake only */
-        return p11_tls13_extract(
+        return p11_pool_tls13_extract(
             t, (p11_prf_hash)c->hash, c->has_salt ? c->salt : NULL, info, ilen,
             c->has_key ? c->key : NULL, c->has_key ? c->key_len : 0,
             P11_TLS13_LOCAL | (c->has_key && !c->has_salt ? P11_TLS13_IKM_HANDLE : 0), key);
@@ -204,7 +204,7 @@ static int k13_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
         }
         ilen = hkdf_label(info, keylen, c->prefix, c->prefix_len, c->label, c->label_len, c->data,
                           c->data_len);
-        return p11_tls13_expand(
+        return p11_pool_tls13_expand(
             t, (p11_prf_hash)c->hash, c->key, info, ilen,
             export ? 0 : P11_TLS13_SECRET | (local_label(c) ? P11_TLS13_LOCAL : 0), key, keylen);
     }

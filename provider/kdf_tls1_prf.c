@@ -86,7 +86,7 @@ static int starts_with(const PRFCTX *c, const char *label)
 static int prf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_PARAM params[])
 {
     PRFCTX *c = vctx;
-    p11_token *t = c->prov->token;
+    p11_pool *t = c->prov->pool;
 
     if (!p11tls_usable(c->prov) || !prf_set_ctx_params(c, params))
         return 0;
@@ -123,8 +123,8 @@ static int prf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
                            "p11tls: master secret seed must be two 32-byte randoms");
             return 0;
         }
-        return p11_tls_master(t, (p11_prf_hash)c->hash, ems, c->secret, c->secret_len, c->seed + ll,
-                              c->seed_len - ll, key);
+        return p11_pool_tls_master(t, (p11_prf_hash)c->hash, ems, c->secret, c->secret_len,
+                                   c->seed + ll, c->seed_len - ll, key);
     }
     if (c->secret_len != P11_TLS_HANDLE_LEN) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_KEY,
@@ -132,7 +132,7 @@ static int prf_derive(void *vctx, unsigned char *key, size_t keylen, const OSSL_
                        c->secret_len);
         return 0;
     }
-    return p11_tls_prf(t, (p11_prf_hash)c->hash, c->secret, c->seed, c->seed_len, key, keylen);
+    return p11_pool_tls_prf(t, (p11_prf_hash)c->hash, c->secret, c->seed, c->seed_len, key, keylen);
 }
 
 static int set_digest(PRFCTX *c, const char *name)

@@ -261,7 +261,7 @@ static int ec_gen_set_template(void *genctx, void *templ)
 static int in_token(P11TLS_PROV *prov, int curve)
 {
     int ok;
-    if (prov->ecdhe == P11TLS_ECDHE_SOFTWARE || prov->token == NULL)
+    if (prov->ecdhe == P11TLS_ECDHE_SOFTWARE || prov->pool == NULL)
         return 0;
     /* A handle is of use only where libssl's key schedule is p11tls's. */
     ERR_set_mark();
@@ -269,7 +269,7 @@ static int in_token(P11TLS_PROV *prov, int curve)
     ERR_pop_to_mark();
     if (!ok)
         return 0;
-    if (curve >= 0 && p11_token_caps(prov->token)->ecdh[curve])
+    if (curve >= 0 && p11_pool_caps(prov->pool)->ecdh[curve])
         return 1;
     return prov->ecdhe == P11TLS_ECDHE_REQUIRE ? -1 : 0;
 }
@@ -291,7 +291,7 @@ static void *ec_gen(void *genctx, OSSL_CALLBACK *cb, void *cbarg)
     } else if ((where = in_token(g->prov, curve)) > 0) {
         size_t plen;
         const unsigned char *pt;
-        if ((k->tok = p11_ecdh_keygen(g->prov->token, (p11_curve)curve)) != NULL) {
+        if ((k->tok = p11_pool_ecdh_keygen(g->prov->pool, (p11_curve)curve)) != NULL) {
             pt = p11_eckey_point(k->tok, &plen);
             k->sw = soft_group_key(g->prov, g->group, pt, plen);
             k->sel = SEL_PAIR;

@@ -24,7 +24,7 @@ static OSSL_FUNC_keymgmt_get_params_fn rsa_get_params;
 static OSSL_FUNC_keymgmt_gettable_params_fn rsa_gettable_params;
 static OSSL_FUNC_keymgmt_query_operation_name_fn rsa_query_operation_name;
 
-P11TLS_KEY *p11tls_key_new(P11TLS_PROV *prov, p11_key *tok, EVP_PKEY *pub)
+P11TLS_KEY *p11tls_key_new(P11TLS_PROV *prov, p11_pool_key *tok, EVP_PKEY *pub)
 {
     P11TLS_KEY *k = OPENSSL_zalloc(sizeof(*k));
     if (k == NULL)
@@ -39,7 +39,7 @@ void p11tls_key_free(P11TLS_KEY *k)
 {
     if (k == NULL)
         return;
-    p11_key_free(k->tok);
+    p11_pool_key_free(k->tok);
     EVP_PKEY_free(k->pub);
     OPENSSL_free(k);
 }
@@ -71,11 +71,20 @@ end:
     return pkey;
 }
 
+/* A key URI's token attribute names one of the pool's tokens (any member holds the key). */
+static int names_member(p11_pool *p, const char *label)
+{
+    for (unsigned i = 0; i < p11_pool_size(p); i++)
+        if (strcmp(label, p11_token_label(p11_pool_token(p, i))) == 0)
+            return 1;
+    return 0;
+}
+
 P11TLS_KEY *p11tls_key_from_uri(P11TLS_PROV *prov, const char *uri_text)
 {
     char err[256];
     p11_uri *uri = NULL;
-    p11_key *tok;
+    p11_pool_key *tok;
     const unsigned char *n, *e;
     size_t nlen, elen;
     EVP_PKEY *pub;
@@ -86,23 +95,23 @@ P11TLS_KEY *p11tls_key_from_uri(P11TLS_PROV *prov, const char *uri_text)
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_KEY, "p11tls: %s", err);
         return NULL;
     }
-    if (uri->token != NULL && strcmp(uri->token, p11_token_label(prov->token)) != 0) {
+    if (uri->token != NULL && !names_member(prov->pool, uri->token)) {
         ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_KEY,
                        "p11tls: the key URI names token '%s' but p11tls is configured for "
-                       "token '%s'",
-                       uri->token, p11_token_label(prov->token));
+                       "%s",
+                       uri->token, p11_pool_label(prov->pool));
         p11_uri_free(uri);
         return NULL;
     }
-    tok = p11_key_find(prov->token, uri);
+    tok = p11_pool_key_find(prov->pool, uri);
     p11_uri_free(uri);
     if (tok == NULL)
         return NULL;
-    p11_key_public(tok, &n, &nlen, &e, &elen);
+    p11_pool_key_public(tok, &n, &nlen, &e, &elen);
     pub = p11tls_pub_from_ne(prov, n, nlen, e, elen);
     if (pub == NULL || (k = p11tls_key_new(prov, tok, pub)) == NULL) {
         EVP_PKEY_free(pub);
-        p11_key_free(tok);
+        p11_pool_key_free(tok);
         return NULL;
     }
     return k;

@@ -105,8 +105,8 @@ static void set_hash(HMCTX *c, const char *name)
 static int is_handle(HMCTX *c, const unsigned char *key, size_t keylen)
 {
     size_t hl = c->hash == P11_PRF_SHA384 ? 48 : 32;
-    return c->hash >= 0 && keylen == hl && c->prov->token != NULL &&
-           p11_tls13_known(c->prov->token, key, keylen);
+    return c->hash >= 0 && keylen == hl && c->prov->pool != NULL &&
+           p11_pool_tls13_known(c->prov->pool, key, keylen);
 }
 
 static int take_key(HMCTX *c, const unsigned char *key, size_t keylen)
@@ -199,7 +199,8 @@ static int hm_final(void *vctx, unsigned char *out, size_t *outl, size_t outsize
         ERR_raise(ERR_LIB_PROV, PROV_R_OUTPUT_BUFFER_TOO_SMALL);
         return 0;
     }
-    return p11_tls13_hmac(c->prov->token, (p11_prf_hash)c->hash, c->key, c->data, c->data_len, out);
+    return p11_pool_tls13_hmac(c->prov->pool, (p11_prf_hash)c->hash, c->key, c->data, c->data_len,
+                               out);
 }
 
 static const OSSL_PARAM *hm_gettable_ctx_params(void *vctx, void *provctx)

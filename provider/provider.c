@@ -109,7 +109,27 @@ static const OSSL_PARAM p11tls_param_types[] = {
     OSSL_PARAM_DEFN("p11tls-token", OSSL_PARAM_UTF8_PTR, NULL, 0),
     OSSL_PARAM_DEFN("p11tls-assurance", OSSL_PARAM_UTF8_PTR, NULL, 0),
     OSSL_PARAM_DEFN("p11tls-strategy", OSSL_PARAM_UTF8_PTR, NULL, 0),
+    OSSL_PARAM_DEFN("p11tls-members", OSSL_PARAM_UTF8_PTR, NULL, 0),
     OSSL_PARAM_END};
+
+/* A pool's status: the name, then each member's state now ("members: member1 token
+ * 'a' (transient): in use, 12 operations; member2 ...: lost 1.5 s ago (...)"). */
+static const char *pool_status(P11TLS_PROV *prov, int with_name)
+{
+    static _Thread_local char buf[4096];
+    size_t off = 0;
+    p11_pool *p = prov->pool;
+    if (with_name)
+        off = (size_t)snprintf(buf, sizeof(buf), "%s; ", prov->name);
+    off += (size_t)snprintf(buf + off, sizeof(buf) - off,
+                            "level now %s; members: ", p11_level_name(p11_pool_level_now(p)));
+    for (unsigned i = 0; i < p11_pool_size(p) && off < sizeof(buf); i++) {
+        char line[512];
+        (void)p11_pool_member(p, i, line, sizeof(line));
+        off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s%s", i ? "; " : "", line);
+    }
+    return buf;
+}
 
 static const OSSL_PARAM *p11tls_gettable_params(void *provctx)
 {
@@ -119,7 +139,8 @@ static const OSSL_PARAM *p11tls_gettable_params(void *provctx)
 static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
 {
     P11TLS_PROV *prov = provctx;
-    const p11_caps *c = prov->token != NULL ? p11_token_caps(prov->token) : NULL;
+    const p11_caps *c = prov->pool != NULL ? p11_pool_caps(prov->pool) : NULL;
+    int pool = prov->pool != NULL && p11_pool_size(prov->pool) > 1;
     OSSL_PARAM *p;
 
     int usable = prov->failure == NULL;
@@ -130,7 +151,8 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
         ERR_pop_to_mark();
     }
     if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) != NULL &&
-        !OSSL_PARAM_set_utf8_ptr(p, usable || prov->failure != NULL || prov->routing_name == NULL
+        !OSSL_PARAM_set_utf8_ptr(p, usable && pool ? pool_status(prov, 1)
+                                    : usable || prov->failure != NULL || prov->routing_name == NULL
                                         ? prov->name
                                         : prov->routing_name))
         return 0;
@@ -146,7 +168,10 @@ static int p11tls_get_params(void *provctx, OSSL_PARAM params[])
     if (!usable)
         return 1;
     if ((p = OSSL_PARAM_locate(params, "p11tls-token")) != NULL &&
-        !OSSL_PARAM_set_utf8_ptr(p, p11_token_label(prov->token)))
+        !OSSL_PARAM_set_utf8_ptr(p, p11_pool_label(prov->pool)))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, "p11tls-members")) != NULL &&
+        !OSSL_PARAM_set_utf8_ptr(p, pool_status(prov, 0)))
         return 0;
     if ((p = OSSL_PARAM_locate(params, "p11tls-assurance")) != NULL &&
         !OSSL_PARAM_set_utf8_ptr(p, p11_level_name(c->level)))
@@ -197,7 +222,7 @@ static void p11tls_teardown(void *provctx)
     OPENSSL_free(prov->routing_name);
     OPENSSL_free(prov->name);
     OPENSSL_free(prov->prov_name);
-    p11_token_free(prov->token);
+    p11_pool_free(prov->pool);
     OSSL_PROVIDER_unload(prov->deflt);
     OSSL_LIB_CTX_free(prov->libctx);
     OPENSSL_free(prov);
@@ -247,6 +272,68 @@ static void set_name(P11TLS_PROV *prov, const char *fmt, ...)
     prov->name = b;
 }
 
+/* The token (option 'token'), or the pool's members (options member1.. naming
+ * sections): each member's module, init args and PIN source default to the
+ * provider section's. Raises the cause, naming the member, on failure. */
+static int open_pool(P11TLS_PROV *prov, const p11tls_cfg *c, const p11_token_cfg *tc,
+                     unsigned probe_ms)
+{
+    p11_pool_member_cfg m[P11_POOL_MAX];
+    static const char *const names[P11_POOL_MAX] = {"member1", "member2", "member3", "member4",
+                                                    "member5", "member6", "member7", "member8"};
+    unsigned n = 0;
+
+    for (int i = 0; i < P11_POOL_MAX; i++) {
+        if (c->member[i].token == NULL) {
+            if (c->member[i].module != NULL || c->member[i].pin_source != NULL ||
+                c->member[i].init_args != NULL) {
+                ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                               "p11tls: pool member %s has no 'token' (a pkcs11: URI)", names[i]);
+                return 0;
+            }
+            continue;
+        }
+        m[n].name = names[i];
+        m[n].cfg = *tc;
+        m[n].cfg.token_uri = c->member[i].token;
+        if (c->member[i].module != NULL)
+            m[n].cfg.module = c->member[i].module;
+        if (c->member[i].init_args != NULL)
+            m[n].cfg.init_args = c->member[i].init_args;
+        if (c->member[i].pin_source != NULL) {
+            m[n].cfg.pin_source = c->member[i].pin_source;
+            m[n].cfg.pin_option = "pin-source";
+        }
+        n++;
+    }
+    if (n > 0 && c->token != NULL) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: options 'token' and 'member1'.. are both set: give one token, "
+                       "or a pool of members");
+        return 0;
+    }
+    if (n == 0) {
+        if (c->token == NULL) {
+            ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                           "p11tls: option 'token' (a pkcs11: URI) is required (or "
+                           "'member1' = SECTION.. for a pool of tokens)");
+            return 0;
+        }
+        m[0].name = "token";
+        m[0].cfg = *tc;
+        n = 1;
+    }
+    prov->pool = p11_pool_open(m, n, prov->min_level, probe_ms);
+    if (prov->pool == NULL) {
+        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
+                       "p11tls: activation failed (options 'pkcs11-module', 'token', "
+                       "'pin-source'%s)",
+                       n > 1 || c->token == NULL ? ", and the pool members' sections" : "");
+        return 0;
+    }
+    return 1;
+}
+
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
                                                               const OSSL_DISPATCH *in,
                                                               const OSSL_DISPATCH **out,
@@ -259,6 +346,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     p11tls_cfg c;
     p11_token_cfg tc;
     const p11_caps *caps;
+    unsigned probe_ms = 0;
 
     for (const OSSL_DISPATCH *d = in; d->function_id != 0; d++)
         if (d->function_id == OSSL_FUNC_CORE_GET_PARAMS)
@@ -331,46 +419,28 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
         }
     }
     tc.ecdhe_strict = prov->ecdhe == P11TLS_ECDHE_REQUIRE;
-    if (!parse_uint("max-sessions", c.max_sessions, &tc.max_sessions, 1024) ||
-        !parse_uint("handle-lifetime", c.handle_lifetime, &tc.handle_lifetime, 7 * 86400) ||
-        !parse_uint("handle-cache-size", c.handle_cache, &tc.handle_cache_max, 1u << 22))
-        goto fail;
-    if (c.token == NULL) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: option 'token' (a pkcs11: URI) is required");
-        goto fail;
-    }
     tc.module = c.module;
     tc.init_args = c.init_args;
     tc.token_uri = c.token;
     tc.pin_source = c.pin_source;
     tc.pin_option = p11tls_cfg_pin_option(&c);
-    prov->token = p11_token_open(&tc);
-    if (prov->token == NULL) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: activation failed (options 'pkcs11-module', 'token', "
-                       "'pin-source')");
+    if (!parse_uint("max-sessions", c.max_sessions, &tc.max_sessions, 1024) ||
+        !parse_uint("handle-lifetime", c.handle_lifetime, &tc.handle_lifetime, 7 * 86400) ||
+        !parse_uint("handle-cache-size", c.handle_cache, &tc.handle_cache_max, 1u << 22))
         goto fail;
-    }
-    caps = p11_token_caps(prov->token);
-    if (caps->level < prov->min_level) {
-        ERR_raise_data(ERR_LIB_PROV, PROV_R_INVALID_CONFIG_DATA,
-                       "p11tls: token '%s' gives assurance '%s' but 'min-assurance' is '%s'; "
-                       "the token lacks: %s",
-                       p11_token_label(prov->token), p11_level_name(caps->level),
-                       p11_level_name(prov->min_level), caps->missing);
+    if (!parse_uint("probe-interval", c.probe_interval, &probe_ms, 600000))
         goto fail;
-    }
-    if (!p11_tls_prepare(prov->token)) /* raises the cause (a missing handle key: the fix) */
+    if (!open_pool(prov, &c, &tc, probe_ms))
         goto fail;
+    caps = p11_pool_caps(prov->pool);
     if (prov->min_level == P11_LEVEL_NONE)
         set_name(prov,
-                 "p11tls: token '%s', key only (min-assurance key-only: TLS secrets may be "
+                 "p11tls: %s, key only (min-assurance key-only: TLS secrets may be "
                  "computed outside the token; the token offers assurance %s)",
-                 p11_token_label(prov->token), p11_level_name(caps->level));
+                 p11_pool_label(prov->pool), p11_level_name(caps->level));
     else
-        set_name(prov, "p11tls: token '%s', assurance %s (TLS 1.2: %s; TLS 1.3: %s; %s)",
-                 p11_token_label(prov->token), p11_level_name(caps->level),
+        set_name(prov, "p11tls: %s, assurance %s (TLS 1.2: %s; TLS 1.3: %s; %s)",
+                 p11_pool_label(prov->pool), p11_level_name(caps->level),
                  p11_ms_strategy_name(caps->ms), p11_tls13_strategy_name(caps->tls13),
                  ecdhe_status(prov, caps));
     /* Public-key operations and digests run in a library context of our own
@@ -387,8 +457,8 @@ fail:
      * fallback to the default provider's PRF). */
     prov->failure = collect_errors();
     ERR_pop_to_mark();
-    p11_token_free(prov->token);
-    prov->token = NULL;
+    p11_pool_free(prov->pool);
+    prov->pool = NULL;
     if (prov->failure == NULL) {
         p11tls_teardown(prov);
         return 0;

@@ -19,7 +19,7 @@ typedef struct {
     OSSL_LIB_CTX *app_libctx; /* the library context p11tls was loaded into (libssl's) */
     OSSL_LIB_CTX *libctx;     /* our own library context: digests, software public-key ops */
     OSSL_PROVIDER *deflt;     /* the default provider loaded into it */
-    p11_token *token;
+    p11_pool *pool; /* the token, or tokens (a pool of one or more) */
     p11_level min_level;
     OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex; /* for decoders: reads the core's BIO */
     char *name;         /* "p11tls: token '...', assurance ..." (never cut) */
@@ -40,6 +40,12 @@ enum { P11TLS_ECDHE_TOKEN = 0, P11TLS_ECDHE_SOFTWARE = 1, P11TLS_ECDHE_REQUIRE =
 typedef struct {
     char *module, *init_args, *token, *pin_source, *min_assurance, *debug;
     char *max_sessions, *handle_lifetime, *handle_cache, *strategy, *scrub_heap, *ecdhe;
+    char *probe_interval;
+    /* a pool: memberN = SECTION (N = 1..P11_POOL_MAX), each with token, and optionally
+     * pkcs11-module, pkcs11-init-args, pin-source (else the section's own) */
+    struct {
+        char *token, *module, *init_args, *pin_source;
+    } member[P11_POOL_MAX];
     char *prov_name;   /* the provider's name in openssl.cnf */
     int alias_used[3]; /* pkcs11-module-path, -init-args, -token-pin given instead */
 } p11tls_cfg;
@@ -68,11 +74,11 @@ int p11tls_usable(P11TLS_PROV *prov);
  * comparison and public operations (done in software, they are public). */
 typedef struct {
     P11TLS_PROV *prov;
-    p11_key *tok;
+    p11_pool_key *tok;
     EVP_PKEY *pub; /* the public half, in prov->libctx (default provider) */
 } P11TLS_KEY;
 
-P11TLS_KEY *p11tls_key_new(P11TLS_PROV *prov, p11_key *tok, EVP_PKEY *pub);
+P11TLS_KEY *p11tls_key_new(P11TLS_PROV *prov, p11_pool_key *tok, EVP_PKEY *pub);
 void p11tls_key_free(P11TLS_KEY *key);
 /* Builds a software public key from big-endian n and e. */
 EVP_PKEY *p11tls_pub_from_ne(P11TLS_PROV *prov, const unsigned char *n, size_t nlen,

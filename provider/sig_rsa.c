@@ -229,7 +229,7 @@ static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsi
         return 0;
     }
     *siglen = sigsize;
-    return p11_rsa_sign(c->key->tok, &mech, in, inlen, sig, siglen);
+    return p11_pool_rsa_sign(c->key->tok, &mech, in, inlen, sig, siglen);
 }
 
 /* A software context on the public half with this context's settings. */

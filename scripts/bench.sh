@@ -19,9 +19,15 @@
 # time goes (p11timer.so between p11tls and the module), memory and token objects
 # over 20,000 handshakes, 1 vs 2 threads. The raw results (key value lines) are kept
 # in build-bench/bench-results/.
+# A pool of tokens (with softhsm-remote, unless BENCH_POOL=0): two more SoftHSM2 tokens,
+# each behind its own p11-kit server, with one handle key and one server key; full
+# handshakes per second with 1 and 2 bench threads on a pool of one of them and of
+# both (goal: 2 members >= 1.7 x 1 member, 2 threads). And the in-process token's rate
+# with the pool code against the revision before it (BENCH_BASE, default: the parent
+# of the commit that added pkcs11/pool.c), built in build-bench-base/, interleaved.
 # Environment: BENCH_RUNS (5), BENCH_FULL (200), BENCH_FULL_SLOW (40, nss),
 # BENCH_RESUMED (1000), BENCH_MEM (20000), BENCH_THREADS (200; slow: 30), BENCH_KINDS
-# (the tokens, default "softhsm softhsm-remote nss nss-iter1").
+# (the tokens, default "softhsm softhsm-remote nss nss-iter1"), BENCH_POOL, BENCH_BASE.
 set -euo pipefail
 
 START=$(date +%s)
@@ -60,8 +66,14 @@ if [ -n "${BENCH_KINDS:-}" ]; then
     case "$k" in softhsm | softhsm-remote | nss | nss-iter1) ;; *) echo "bench.sh: BENCH_KINDS: unknown token '$k'" >&2; exit 2 ;; esac
   done
 fi
+POOL_MODS=()
 cleanup() {
   local pid
+  for d in "$WORK"/pool-a "$WORK"/pool-b; do
+    [ ! -f "$d/p11-kit-server.pid" ] || "$REPO/scripts/make-token.sh" --stop --dir "$d" >/dev/null 2>&1 || true
+  done
+  rm -f "${POOL_MODS[@]}"
+  [ ! -d "${BASE_SRC:-}" ] || git -C "$REPO" worktree remove --force "$BASE_SRC" >/dev/null 2>&1 || true
   for k in "${KINDS[@]}"; do
     if [ -f "$WORK/$k/p11-kit-server.pid" ]; then
       pid=$(tr -dc '0-9' <"$WORK/$k/p11-kit-server.pid")
@@ -169,6 +181,79 @@ if [ "$MEM" = 1 ]; then
   log "memory runs done ($(($(date +%s) - t0)) s)"
 fi
 
+# ------------------------------------------------------------------ pool
+POOL=${BENCH_POOL:-1}
+[[ " ${KINDS[*]} " == *" softhsm-remote "* ]] || POOL=0
+if [ "$POOL" = 1 ]; then
+  P=$WORK/pool
+  mkdir -p "$P"
+  printf 'bench pool %s\n' "$RANDOM$RANDOM" >"$P/pass"
+  chmod 600 "$P/pass"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null |
+    openssl pkcs8 -topk8 -v2 aes-256-cbc -passout "file:$P/pass" -out "$P/server.key"
+  openssl req -new -x509 -days 2 -subj /CN=localhost -key "$P/server.key" -passin "file:$P/pass" \
+    -out "$P/server.pem" 2>/dev/null
+  members=()
+  for m in a b; do
+    "$REPO/scripts/make-token.sh" --kind softhsm-remote --dir "$WORK/pool-$m" --label "bench-pool-$m" \
+      "${MT_OPTS[@]}" --key-backup "$P/handle.backup" --passphrase-file "$P/pass" \
+      --server-key "$P/server.key" >"$WORK/pool-$m.token.log" 2>&1 ||
+      { cat "$WORK/pool-$m.token.log" >&2; exit 1; }
+    mod=p11tls-bench-$$-$m
+    mkdir -p /etc/pkcs11/modules
+    POOL_MODS+=("/etc/pkcs11/modules/$mod.module")
+    printf 'remote: unix:path=%s\n' "$WORK/pool-$m/p11kit.sock" >"/etc/pkcs11/modules/$mod.module"
+    members+=("$mod|pkcs11:token=bench-pool-$m|$WORK/pool-$m/user.pin")
+  done
+  pool_cnf() { # pool_cnf FILE MEMBER...
+    local f=$1 i=0 m mod uri pin
+    shift
+    {
+      printf 'openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n'
+      printf 'alg_section = algorithm_sect\n[provider_sect]\ndefault = default_sect\n'
+      printf 'p11tls = p11tls_sect\n[default_sect]\nactivate = 1\n[p11tls_sect]\n'
+      printf 'module = %s\nmin-assurance = transient\nactivate = 1\n' "$BUILD/provider/p11tls.so"
+      for m in "$@"; do i=$((i + 1)); printf 'member%d = member%d_sect\n' $i $i; done
+      i=0
+      for m in "$@"; do
+        i=$((i + 1))
+        IFS='|' read -r mod uri pin <<<"$m"
+        printf '[member%d_sect]\npkcs11-module = %s\ntoken = %s\npin-source = file:%s\n' $i "$mod" "$uri" "$pin"
+      done
+      printf '[algorithm_sect]\ndefault_properties = ?provider=p11tls\n'
+    } >"$f"
+  }
+  pool_cnf "$P/one.cnf" "${members[0]}"
+  pool_cnf "$P/two.cnf" "${members[@]}"
+  t0=$(date +%s)
+  P11TLS_KEY_URI="pkcs11:object=p11tls-key;id=%01;type=private" P11TLS_CERT=$P/server.pem \
+    P11TLS_BENCH_NAME=pool "$BENCH" pool --cnf1 "$P/one.cnf" --cnf2 "$P/two.cnf" --runs 3 \
+    --threads "$THREADS" >"$WORK/pool.run" 2>"$WORK/pool.run.err" || { cat "$WORK/pool.run.err" >&2; exit 1; }
+  log "pool: 1 and 2 remote members done ($(($(date +%s) - t0)) s)"
+  # The in-process token with and without the pool code, interleaved.
+  BASE=${BENCH_BASE:-$(git -C "$REPO" log --diff-filter=A --format=%H -- pkcs11/pool.c | tail -1)}
+  [ -z "$BASE" ] || BASE=$(git -C "$REPO" rev-parse "$BASE^")
+  if [[ " ${KINDS[*]} " == *" softhsm "* ]] && [ -n "$BASE" ]; then
+    BASE_SRC=$WORK/base-src
+    git -C "$REPO" worktree add --detach "$BASE_SRC" "$BASE" >"$WORK/base.log" 2>&1 &&
+      cmake -S "$BASE_SRC" -B "$BUILD-base" -DCMAKE_BUILD_TYPE=Release -DP11TLS_WERROR=OFF >>"$WORK/base.log" 2>&1 &&
+      cmake --build "$BUILD-base" -j "$(nproc)" --target p11tls >>"$WORK/base.log" 2>&1 ||
+      { tail -n 30 "$WORK/base.log" >&2; exit 1; }
+    sed "s|^module = .*|module = $BUILD-base/provider/p11tls.so|" "$WORK/softhsm/openssl.cnf" >"$WORK/softhsm/base.cnf"
+    : >"$WORK/base.run"
+    for r in 1 2 3; do
+      for which in base now; do
+        cnf=$WORK/softhsm/openssl.cnf
+        [ "$which" = now ] || cnf=$WORK/softhsm/base.cnf
+        (. "$WORK/softhsm/env.sh" && P11TLS_OPENSSL_CNF=$cnf P11TLS_BENCH_NAME=softhsm \
+          "$BENCH" run --only c --runs 1 --full "$FULL" --resumed 100 --raw 0 --threads 0 \
+          >"$WORK/base.one" 2>>"$WORK/base.err") || { cat "$WORK/base.err" >&2; exit 1; }
+        sed -n "s/^c\.\(rsa\|tls13\)\.full /$which.\1 /p" "$WORK/base.one" >>"$WORK/base.run"
+      done
+    done
+  fi
+fi
+
 # ------------------------------------------------------------------ report
 mkdir -p "$BUILD/bench-results"
 files=()
@@ -181,6 +266,36 @@ for k in "${KINDS[@]}"; do
   files+=("$BUILD/bench-results/$k.txt")
 done
 "$BENCH" report "${files[@]}" | tee "$BUILD/bench-results/report.txt"
+if [ -s "${WORK}/pool.run" ]; then
+  cp -f "$WORK/pool.run" "$BUILD/bench-results/pool.txt"
+  {
+    echo
+    echo "Pool of tokens (SoftHSM2 behind p11-kit server, one server per member; full handshakes/s):"
+    for t in rsa tls13; do
+      awk -v t="$t" '
+        $1 == "thr.pool1." t { for (i = 2; i <= NF; i++) { split($i, kv, "="); one[kv[1]] = kv[2] } }
+        $1 == "thr.pool2." t { for (i = 2; i <= NF; i++) { split($i, kv, "="); two[kv[1]] = kv[2] } }
+        END {
+          name = (t == "rsa") ? "TLS 1.2 RSA kx" : "TLS 1.3      "
+          r = (one["t2_hs_s"] > 0) ? two["t2_hs_s"] / one["t2_hs_s"] : 0
+          printf "  %s  1 member: 1 thread %6.1f, 2 threads %6.1f | 2 members: 1 thread %6.1f, 2 threads %6.1f | 2 threads, 2 vs 1 member: x%.2f %s\n",
+            name, one["t1_hs_s"], one["t2_hs_s"], two["t1_hs_s"], two["t2_hs_s"], r, (r >= 1.7 ? "PASS" : "MISS (goal x1.7)")
+        }' "$WORK/pool.run"
+    done
+    if [ -s "$WORK/base.run" ]; then
+      echo "In-process SoftHSM2 (c), the pool code against $(git -C "$REPO" rev-parse --short "$BASE") (median of 3 interleaved runs, hs/s):"
+      for t in rsa tls13; do
+        awk -v t="$t" '
+          function med(a, n) { asort(a); return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+          { split($2, kv, "=") }
+          $1 == "base." t { b[++nb] = kv[2] }
+          $1 == "now." t { w[++nw] = kv[2] }
+          END { mb = med(b, nb); mw = med(w, nw)
+                printf "  %-6s before %7.1f, with the pool code %7.1f (%+.1f%%)\n", t, mb, mw, (mb > 0 ? 100 * (mw - mb) / mb : 0) }' "$WORK/base.run"
+      done
+    fi
+  } | tee -a "$BUILD/bench-results/report.txt"
+fi
 END=$(date +%s)
 echo
 echo "bench.sh: done in $((END - START)) s (raw results: $BUILD/bench-results/)"

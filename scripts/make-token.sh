@@ -4,7 +4,7 @@
 #
 # Usage:
 #   scripts/make-token.sh --kind KIND --dir DIR [--label LABEL] [--force] [--client | --no-client]
-#                         [--key-backup FILE --passphrase-file P]
+#                         [--key-backup FILE --passphrase-file P] [--server-key PEM]
 #   scripts/make-token.sh --stop --dir DIR
 #
 # KIND is one of:
@@ -25,7 +25,9 @@
 #                      (SOFTHSM2_CONF, P11_KIT_SERVER_ADDRESS); it never sets
 #                      OPENSSL_CONF.
 #   an RSA-2048 key pair in the token: label "p11tls-key", id 01 (private key
-#   sensitive and not extractable), made with p11tls-tool keygen, and the
+#   sensitive and not extractable), made with p11tls-tool keygen (with --server-key,
+#   the key in PEM imported with p11tls-tool import-key, decrypted with the passphrase
+#   in P if it is encrypted: one server key in several tokens), and the
 #   handle-wrapping key p11tls needs (p11tls-tool provision; with --key-backup the
 #   key in FILE, encrypted under the passphrase in P, made and written there first if
 #   FILE does not exist: tokens made with one backup share the handle key).
@@ -94,7 +96,7 @@ note() { echo "$PROG: $*"; }
 
 # ------------------------------------------------------------------ options
 KIND='' DIR='' LABEL='' FORCE=0 STOP=0 CLIENT=default
-KEY_BACKUP= PASSFILE=
+KEY_BACKUP= PASSFILE= SERVER_KEY=
 while [ $# -gt 0 ]; do
   case "$1" in
     --kind) [ $# -ge 2 ] || usage_error "--kind needs a value"; KIND=$2; shift 2 ;;
@@ -107,6 +109,7 @@ while [ $# -gt 0 ]; do
     --stop) STOP=1; shift ;;
     --key-backup) [ $# -ge 2 ] || usage_error "--key-backup needs a value"; KEY_BACKUP=$2; shift 2 ;;
     --passphrase-file) [ $# -ge 2 ] || usage_error "--passphrase-file needs a value"; PASSFILE=$2; shift 2 ;;
+    --server-key) [ $# -ge 2 ] || usage_error "--server-key needs a value"; SERVER_KEY=$2; shift 2 ;;
     --client) CLIENT=yes; shift ;;
     --no-client) CLIENT=no; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -403,9 +406,18 @@ fi
 
 # ------------------------------------------------------------------ the key
 find_tool
-"$TOOL" keygen --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
-  --pin-file "$PIN_FILE" --label "$KEY_LABEL" --id "$KEY_ID" --bits 2048 --if-missing ||
-  die "key generation failed in token '$LABEL'"
+if [ -n "$SERVER_KEY" ]; then
+  # one server key in several tokens (a pool's members): imported from its PEM file
+  import_args=()
+  [ -z "$PASSFILE" ] || import_args=(--passphrase-file "$PASSFILE")
+  "$TOOL" import-key --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
+    --pin-file "$PIN_FILE" --key-file "$SERVER_KEY" "${import_args[@]}" --label "$KEY_LABEL" \
+    --id "$KEY_ID" --if-missing >/dev/null || die "importing $SERVER_KEY failed in token '$LABEL'"
+else
+  "$TOOL" keygen --module "$MODULE" --init-args "$INIT_ARGS" --token-uri "$TOKEN_URI" \
+    --pin-file "$PIN_FILE" --label "$KEY_LABEL" --id "$KEY_ID" --bits 2048 --if-missing ||
+    die "key generation failed in token '$LABEL'"
+fi
 # The long-lived handle-wrapping key p11tls needs (it never creates it by itself); with
 # --key-backup, the one in that backup file (a new one written there if it is missing).
 backup_args=()

@@ -47,12 +47,21 @@ static void usage(FILE *f)
                "      (0600, never overwritten) first: tokens provisioned from one backup\n"
                "      resolve each other's handles (tickets, session IDs). Prints the\n"
                "      key's fingerprint (public) to compare tokens.\n"
+               "  " PROG " import-key --module M [--init-args A] --token-uri URI --pin-file F\n"
+               "         --key-file PEM [--passphrase-file P] --label L --id HEX [--if-missing]\n"
+               "      Puts the RSA key in PEM into the token (sensitive, not extractable),\n"
+               "      with its public key, as label L and id HEX: one server key in every\n"
+               "      member of a pool. PEM is encrypted under the passphrase in P (or\n"
+               "      readable by its owner only). Prints the modulus's fingerprint.\n"
                "  " PROG " pem-uri --uri URI --out FILE\n"
                "      Writes URI into FILE as a PEM block \"" PEM_LABEL "\" (no PIN allowed).\n"
                "  " PROG " info --module M [--init-args A] --token-uri URI [--pin-file F]\n"
                "      Prints the token's label, p11tls's assurance level and master-secret\n"
                "      strategy on it (TLS 1.2, then TLS 1.3), what keeps it below `sealed`,\n"
-               "      and whether its handle key is provisioned.\n"
+               "      and whether its handle key is provisioned (with its fingerprint).\n"
+               "  " PROG " info --conf FILE\n"
+               "      Loads FILE as OpenSSL will and prints p11tls's status: for a pool of\n"
+               "      tokens, each member's state (in use, lost, below min-assurance).\n"
                "  " PROG " check --conf FILE [--key URI|FILE --cert PEM]\n"
                "      Loads FILE as OpenSSL will (the provider, the token, the PIN), prints\n"
                "      p11tls's status; with --key and --cert loads the key, matches it with\n"
@@ -66,19 +75,13 @@ static void usage(FILE *f)
                "reserved string (NSS softoken); errors come with OpenSSL's error queue.\n");
 }
 
-static void fail_report(const char *what)
+void tool_fail_report(const char *what)
 {
     fprintf(stderr, PROG ": %s\n", what);
     ERR_print_errors_fp(stderr);
 }
 
 /* ------------------------------------------------------------ options */
-struct opts {
-    const char *module, *init_args, *token_uri, *pin_file, *label, *id_hex, *uri, *out;
-    const char *strategy, *key_backup, *passphrase_file;
-    unsigned long bits;
-    int if_missing, new_backup;
-};
 
 enum {
     O_MODULE = 1000,
@@ -95,6 +98,8 @@ enum {
     O_KEY_BACKUP,
     O_PASSPHRASE_FILE,
     O_NEW,
+    O_KEY_FILE,
+    O_CONF,
     O_HELP
 };
 
@@ -114,11 +119,13 @@ static const struct option long_opts[] = {
     {"key-backup", required_argument, NULL, O_KEY_BACKUP},
     {"passphrase-file", required_argument, NULL, O_PASSPHRASE_FILE},
     {"new", no_argument, NULL, O_NEW},
+    {"key-file", required_argument, NULL, O_KEY_FILE},
+    {"conf", required_argument, NULL, O_CONF},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0}};
 
 /* Returns 0 on success, EXIT_USAGE on a usage error, -1 when --help was printed. */
-static int parse_opts(int argc, char **argv, struct opts *o)
+int tool_parse_opts(int argc, char **argv, struct opts *o)
 {
     int c;
     char *end;
@@ -181,6 +188,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case O_NEW:
             o->new_backup = 1;
             break;
+        case O_KEY_FILE:
+            o->key_file = optarg;
+            break;
+        case O_CONF:
+            o->conf = optarg;
+            break;
         case 'h':
         case O_HELP:
             usage(stdout);
@@ -196,7 +209,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-static int require(const char *value, const char *name)
+int tool_require(const char *value, const char *name)
 {
     if (value == NULL || *value == '\0') {
         fprintf(stderr, PROG ": %s is required (see --help)\n", name);
@@ -233,7 +246,7 @@ static size_t parse_hex(const char *s, unsigned char *out, size_t max)
 }
 
 /* -------------------------------------------------------------- token */
-static p11_token *open_token(const struct opts *o, char *pin_source, size_t len)
+p11_token *tool_open_token(const struct opts *o, char *pin_source, size_t len)
 {
     p11_token_cfg cfg;
     p11_token *t;
@@ -252,7 +265,7 @@ static p11_token *open_token(const struct opts *o, char *pin_source, size_t len)
     }
     t = p11_token_open(&cfg);
     if (t == NULL)
-        fail_report("cannot open the token (module, token URI or PIN)");
+        tool_fail_report("cannot open the token (module, token URI or PIN)");
     return t;
 }
 
@@ -281,7 +294,7 @@ static int object_exists(p11_session *s, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE 
     return n > 0 ? 1 : 0;
 }
 
-static void hex_string(const unsigned char *b, size_t n, char *out)
+void tool_hex(const unsigned char *b, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
     size_t i;
@@ -310,26 +323,26 @@ static int cmd_keygen(int argc, char **argv)
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
 
-    r = parse_opts(argc, argv, &o);
+    r = tool_parse_opts(argc, argv, &o);
     if (r != 0)
         return r < 0 ? 0 : r;
-    if (!require(o.module, "--module") || !require(o.token_uri, "--token-uri") ||
-        !require(o.pin_file, "--pin-file") || !require(o.label, "--label") ||
-        !require(o.id_hex, "--id"))
+    if (!tool_require(o.module, "--module") || !tool_require(o.token_uri, "--token-uri") ||
+        !tool_require(o.pin_file, "--pin-file") || !tool_require(o.label, "--label") ||
+        !tool_require(o.id_hex, "--id"))
         return EXIT_USAGE;
     id_len = parse_hex(o.id_hex, id, sizeof(id));
     if (id_len == 0) {
         fprintf(stderr, PROG ": --id must be 1 to %zu bytes of hex (e.g. 01)\n", sizeof(id));
         return EXIT_USAGE;
     }
-    hex_string(id, id_len, id_str);
+    tool_hex(id, id_len, id_str);
     bits = o.bits;
 
-    t = open_token(&o, pin_source, sizeof(pin_source));
+    t = tool_open_token(&o, pin_source, sizeof(pin_source));
     if (t == NULL)
         return 1;
     if (!p11_session_get(t, &s)) {
-        fail_report("cannot get a logged-in session on the token");
+        tool_fail_report("cannot get a logged-in session on the token");
         p11_token_free(t);
         return 1;
     }
@@ -338,7 +351,7 @@ static int cmd_keygen(int argc, char **argv)
     if (r == 0)
         r = object_exists(&s, CKO_PRIVATE_KEY, CKA_LABEL, o.label, strlen(o.label), &rv);
     if (r < 0) {
-        fail_report("cannot search the token for an existing key");
+        tool_fail_report("cannot search the token for an existing key");
         goto done;
     }
     if (r > 0) {
@@ -389,7 +402,7 @@ static int cmd_keygen(int argc, char **argv)
     if (rv != CKR_OK) {
         p11_err_ckr("C_GenerateKeyPair", rv, "RSA-%lu token key pair, label '%s'",
                     (unsigned long)bits, o.label);
-        fail_report("key generation failed");
+        tool_fail_report("key generation failed");
         goto done;
     }
     printf("generated RSA-%lu key pair label '%s' id %s in token '%s'\n", (unsigned long)bits,
@@ -412,10 +425,10 @@ static int cmd_pem_uri(int argc, char **argv)
     size_t tlen;
     int fd = -1, r, rc = 1;
 
-    r = parse_opts(argc, argv, &o);
+    r = tool_parse_opts(argc, argv, &o);
     if (r != 0)
         return r < 0 ? 0 : r;
-    if (!require(o.uri, "--uri") || !require(o.out, "--out"))
+    if (!tool_require(o.uri, "--uri") || !tool_require(o.out, "--out"))
         return EXIT_USAGE;
     if (strncasecmp(o.uri, "pkcs11:", 7) != 0) {
         fprintf(stderr, PROG ": --uri must be a pkcs11: URI\n");
@@ -477,69 +490,6 @@ out:
     return rc;
 }
 
-/* --------------------------------------------------------------- info */
-static int cmd_info(int argc, char **argv)
-{
-    struct opts o;
-    char pin_source[4096 + 8];
-    const p11_caps *c;
-    p11_token *t;
-    int r;
-
-    r = parse_opts(argc, argv, &o);
-    if (r != 0)
-        return r < 0 ? 0 : r;
-    if (!require(o.module, "--module") || !require(o.token_uri, "--token-uri"))
-        return EXIT_USAGE;
-    t = open_token(&o, pin_source, sizeof(pin_source));
-    if (t == NULL)
-        return 1;
-    c = p11_token_caps(t);
-    printf("token: %s\n", p11_token_label(t));
-    printf("level: %s\n", p11_level_name(c->level));
-    printf("ms-strategy: %s\n", p11_ms_strategy_name(c->ms));
-    printf("tls13: %s (%s)\n", p11_level_name(c->level13), p11_tls13_strategy_name(c->tls13));
-    {
-        int any = 0;
-        printf("ecdhe:");
-        for (int i = 0; i < P11_CURVE_N; i++)
-            if (c->ecdh[i]) {
-                printf(" %s", p11_curve_name((p11_curve)i));
-                any = 1;
-            }
-        printf(any ? " (key shares in the token; other groups in software)\n" : " software (%s)\n",
-               c->ecdhe_why);
-    }
-    printf("missing: %s\n", c->missing[0] != '\0' ? c->missing : "(nothing)");
-    if (c->level != P11_LEVEL_NONE) {
-        int present = p11_tls_handle_key_present(t);
-        unsigned char fp[16];
-        char hexfp[48] = "";
-        if (present > 0 && p11_tls_handle_key_fingerprint(t, fp)) {
-            strcpy(hexfp, ", fingerprint ");
-            hex_string(fp, sizeof(fp), hexfp + 14);
-        }
-        ERR_clear_error();
-        printf("handle-key: %s (%s%s)\n", p11_tls_handle_key_label(t),
-               present > 0    ? "present"
-               : present == 0 ? "missing: run p11tls-tool provision"
-                              : "lookup failed",
-               hexfp);
-    }
-    printf("mechanisms:%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s\n", c->rsa_pkcs ? " rsa-pkcs" : "",
-           c->rsa_pkcs_unwrap ? " rsa-pkcs-unwrap" : "", c->rsa_oaep ? " rsa-oaep" : "",
-           c->rsa_pss ? " rsa-pss" : "", c->rsa_x509 ? " rsa-x509" : "",
-           c->generic_keygen ? " generic-keygen" : "", c->aes_keygen ? " aes-keygen" : "",
-           c->hmac_sha256 ? " hmac-sha256" : "", c->hmac_sha384 ? " hmac-sha384" : "",
-           c->tls12_master ? " tls12-master" : "", c->tls12_master_dh ? " tls12-master-dh" : "",
-           c->nss_ems ? " nss-ems" : "", c->std_ems ? " tls12-ems" : "",
-           c->nss_prf_sha256 ? " nss-prf-sha256" : "", c->sp800_dp ? " sp800-108-dp" : "",
-           (c->aes_ecb_wrap && c->aes_ecb_unwrap) ? " aes-ecb-wrap" : "",
-           (c->aes_ecb_encrypt && c->aes_ecb_decrypt) ? " aes-ecb" : "");
-    p11_token_free(t);
-    return 0;
-}
-
 static int cmd_provision(int argc, char **argv)
 {
     struct opts o;
@@ -547,11 +497,11 @@ static int cmd_provision(int argc, char **argv)
     p11_token *t;
     int r, created = 0;
 
-    r = parse_opts(argc, argv, &o);
+    r = tool_parse_opts(argc, argv, &o);
     if (r != 0)
         return r < 0 ? 0 : r;
-    if (!require(o.module, "--module") || !require(o.token_uri, "--token-uri") ||
-        !require(o.pin_file, "--pin-file"))
+    if (!tool_require(o.module, "--module") || !tool_require(o.token_uri, "--token-uri") ||
+        !tool_require(o.pin_file, "--pin-file"))
         return EXIT_USAGE;
     if ((o.key_backup != NULL) != (o.passphrase_file != NULL) ||
         (o.new_backup && o.key_backup == NULL)) {
@@ -559,7 +509,7 @@ static int cmd_provision(int argc, char **argv)
                              "(--new with them)\n");
         return EXIT_USAGE;
     }
-    t = open_token(&o, pin_source, sizeof(pin_source));
+    t = tool_open_token(&o, pin_source, sizeof(pin_source));
     if (t == NULL)
         return 1;
     if (o.key_backup != NULL) {
@@ -573,12 +523,12 @@ static int cmd_provision(int argc, char **argv)
             if (have && o.new_backup)
                 unlink(o.key_backup); /* a backup of a key no token holds */
             if (have)
-                fail_report("cannot provision the token from the backup");
+                tool_fail_report("cannot provision the token from the backup");
             p11_token_free(t);
             return 1;
         }
     } else if (!p11_tls_provision(t, &created)) {
-        fail_report("cannot provision the token");
+        tool_fail_report("cannot provision the token");
         p11_token_free(t);
         return 1;
     }
@@ -586,7 +536,7 @@ static int cmd_provision(int argc, char **argv)
         unsigned char fp[16];
         char hexfp[33] = "(unknown)";
         if (p11_tls_handle_key_fingerprint(t, fp))
-            hex_string(fp, sizeof(fp), hexfp);
+            tool_hex(fp, sizeof(fp), hexfp);
         ERR_clear_error();
         printf("token '%s': handle key '%s' %s%s; fingerprint %s\n", p11_token_label(t),
                p11_tls_handle_key_label(t), created ? "created" : "already present (left as it is)",
@@ -597,6 +547,34 @@ static int cmd_provision(int argc, char **argv)
     }
     p11_token_free(t);
     return 0;
+}
+
+static int cmd_import_key(int argc, char **argv)
+{
+    struct opts o;
+    unsigned char id[128];
+    size_t id_len;
+    char pin_source[4096 + 8];
+    p11_token *t;
+    int r;
+
+    r = tool_parse_opts(argc, argv, &o);
+    if (r != 0)
+        return r < 0 ? 0 : r;
+    if (!tool_require(o.module, "--module") || !tool_require(o.token_uri, "--token-uri") ||
+        !tool_require(o.pin_file, "--pin-file") || !tool_require(o.key_file, "--key-file") ||
+        !tool_require(o.label, "--label") || !tool_require(o.id_hex, "--id"))
+        return EXIT_USAGE;
+    if ((id_len = parse_hex(o.id_hex, id, sizeof(id))) == 0) {
+        fprintf(stderr, PROG ": --id must be hex bytes (e.g. 01)\n");
+        return EXIT_USAGE;
+    }
+    t = tool_open_token(&o, pin_source, sizeof(pin_source));
+    if (t == NULL)
+        return 1;
+    r = tool_import_key(t, o.key_file, o.passphrase_file, o.label, id, id_len, o.if_missing);
+    p11_token_free(t);
+    return r ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -617,9 +595,11 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "pem-uri") == 0)
         return cmd_pem_uri(argc - 1, argv + 1);
     if (strcmp(cmd, "info") == 0)
-        return cmd_info(argc - 1, argv + 1);
+        return tool_info(argc - 1, argv + 1);
     if (strcmp(cmd, "provision") == 0)
         return cmd_provision(argc - 1, argv + 1);
+    if (strcmp(cmd, "import-key") == 0)
+        return cmd_import_key(argc - 1, argv + 1);
     if (strcmp(cmd, "check") == 0)
         return tool_check(argc - 1, argv + 1);
     fprintf(stderr, PROG ": unknown command '%s'\n", cmd);

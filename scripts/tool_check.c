@@ -38,6 +38,26 @@ static int find_p11tls(OSSL_PROVIDER *p, void *arg)
     return 1;
 }
 
+/* A pool's members, one line each (with the level now first, when asked). */
+static void print_members(const struct found *f, int with_level)
+{
+    char *members = NULL;
+    const char *m;
+    OSSL_PARAM q[] = {OSSL_PARAM_construct_utf8_ptr("p11tls-members", &members, 0),
+                      OSSL_PARAM_construct_end()};
+    if (strncmp(f->name, "p11tls: pool of ", 16) != 0 || !OSSL_PROVIDER_get_params(f->prov, q) ||
+        members == NULL)
+        return; /* (one token: the status line says it all) */
+    m = strstr(members, "members: ");
+    if (with_level)
+        printf("  %.*s\n", m != NULL ? (int)(m - members - 2) : (int)strlen(members), members);
+    for (m = m != NULL ? m + 9 : NULL; m != NULL && *m != '\0';) {
+        const char *e = strstr(m, "; member");
+        printf("  %.*s\n", e != NULL ? (int)(e - m) : (int)strlen(m), m);
+        m = e != NULL ? e + 2 : NULL;
+    }
+}
+
 /* The first error in the queue with its data ("...: option 'x'"), then the queue cleared. */
 static void print_errors(const char *indent)
 {
@@ -287,6 +307,7 @@ int tool_check(int argc, char **argv)
         goto done;
     }
     printf("  provider: %s\n", f.name);
+    print_members(&f, 1);
     if (strstr(f.name, "NOT USABLE") != NULL) {
         printf("first problem: %s\n", f.name + strlen("p11tls: NOT USABLE: "));
         goto done;
@@ -348,6 +369,10 @@ int tool_check(int argc, char **argv)
             rc = 1;
         if (r == 3)
             host = 1;
+    }
+    if (strncmp(f.name, "p11tls: pool of ", 16) == 0) {
+        printf("after the handshakes\n");
+        print_members(&f, 0);
     }
     if (rc == 1)
         printf("first problem: a handshake failed (the errors above); the status line says "

@@ -24,7 +24,7 @@ for v in P11TLS_DEBUG OPENSSL_CONF; do
   check "p11tls(7) documents $v" grep -q "^ *$v" <<< "$text"
 done
 tooltext=$(MANWIDTH=200 man -l "$src/docs/p11tls-tool.1" 2>&1)
-for cmd in keygen provision pem-uri info check; do
+for cmd in keygen provision import-key pem-uri info check; do
   check "p11tls-tool(1) documents '$cmd'" grep -qE "^ +$cmd( |$)" <<< "$tooltext"
   check "p11tls-tool --help lists '$cmd'" grep -q "p11tls-tool $cmd" <<< "$("${P11TLS_TOOL:-p11tls-tool}" --help)"
 done

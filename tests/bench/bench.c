@@ -917,7 +917,7 @@ static void *thr_main(void *p)
     t0 = now_mono();
     thread_sched(&run0, &rq0);
     for (int i = 0; i < a->n; i++)
-        if (!handshake(a->sc->full, client_ctx[a->ci], NULL, 0, &r))
+        if (!handshake(server_ctx(a->sc, a->ci, 0), client_ctx[a->ci], NULL, 0, &r))
             a->ok = 0;
     thread_sched(&run1, &rq1);
     a->wall = now_mono() - t0;
@@ -1757,7 +1757,7 @@ int main(int argc, char **argv)
     server_cfg A, B, C, D;
     const char *only;
     int runs, nfull, nres, nraw, nmem, nthr, cpu;
-    enum { RUN, COUNT, MEM, PROFILE } mode;
+    enum { RUN, COUNT, MEM, PROFILE, POOL } mode;
     const char *timer_path = NULL;
 
     if (strcmp(cmd, "report") == 0)
@@ -1770,9 +1770,12 @@ int main(int argc, char **argv)
         mode = MEM;
     else if (strcmp(cmd, "profile") == 0)
         mode = PROFILE;
+    else if (strcmp(cmd, "pool") == 0)
+        mode = POOL;
     else {
-        fprintf(stderr, "usage: p11tls-bench run|count|mem|profile [options] | report FILE...\n"
-                        "  (see the comment at the top of tests/bench/bench.c)\n");
+        fprintf(stderr,
+                "usage: p11tls-bench run|count|mem|profile|pool [options] | report FILE...\n"
+                "  (see the comment at the top of tests/bench/bench.c)\n");
         return 2;
     }
     runs = opt_int(argc, argv, "--runs", 5);
@@ -1817,6 +1820,18 @@ int main(int argc, char **argv)
         print_machine();
     find_token_server();
     make_client();
+    if (mode == POOL) {
+        /* A pool of one remote member (--cnf1) and of two (--cnf2): 1 and 2 threads of
+         * full handshakes (TLS 1.2 RSA key exchange, TLS 1.3) on each */
+        make_token_cfg(&C, "pool1", opt_str(argc, argv, "--cnf1", ""));
+        make_token_cfg(&D, "pool2", opt_str(argc, argv, "--cnf2", ""));
+        pin_cpu(-1);
+        for (int ci = 0; ci < NCI; ci += 2) {
+            measure_threads(&C, ci, runs, nthr);
+            measure_threads(&D, ci, runs, nthr);
+        }
+        return 0;
+    }
 
     /* The servers. (c) first: its p11tls instance creates the token's handle key. */
     if (strchr(only, 'c')) {

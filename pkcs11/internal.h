@@ -39,6 +39,9 @@ struct p11_token {
     int scrub;         /* p11_scrub_heap after secret-bearing calls (P11_SCRUB_*, resolved) */
     int ecdhe_strict;  /* an ECDHE secret never leaves the token, even where a key schedule needs it
                         */
+    int force_ms;      /* p11_token_cfg.force_ms, for a probe after start */
+    int tokens_seen;   /* the last slot selection saw some token (not necessarily ours) */
+    int caps_pending;  /* opened absent (absent_ok): capabilities not probed yet */
     struct p11_loss {
         long long since, next_try; /* when it was lost; no re-open attempt before next_try */
         char cause[160];           /* "C_Sign: CKR_DEVICE_REMOVED" */
@@ -159,6 +162,8 @@ int p11_ecdh_held(p11_token *t, const unsigned char *h, size_t n);  /* ecdh.c */
  * when (ms, monotonic) into the arguments (may be NULL). */
 int p11_token_lost(p11_token *t, char *cause, size_t len, long long *since_ms);
 long long p11_now_ms(void);
+/* session.c: a token opened without its token present (absent_ok): lost from the start */
+void p11_token_mark_absent(p11_token *t, const char *cause);
 CK_FUNCTION_LIST_PTR p11_token_functions(const p11_token *t); /* token.c */
 p11_token *p11_eckey_token(const p11_eckey *k);               /* ecdh.c */
 

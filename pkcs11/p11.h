@@ -149,6 +149,8 @@ typedef struct {
     int force_ms;              /* P11_MS_* to force a strategy (tests); 0: best */
     int scrub_heap;            /* P11_SCRUB_*: wipe freed heap after secret-bearing calls */
     int ecdhe_strict;          /* 'ecdhe = require': an in-token ECDHE secret is never read out */
+    int absent_ok; /* a module that shows no token at all opens the token as lost (a pool
+                      member not reached yet): p11_token_complete finishes it later */
 } p11_token_cfg;
 /* auto: where the module is p11-kit's (its RPC client, its proxy, or a module found by
  * p11-kit name), whose buffers carry secrets out of the process and are freed
@@ -161,6 +163,9 @@ p11_token *p11_token_open(const p11_token_cfg *cfg);
 void p11_token_free(p11_token *t);
 const char *p11_token_label(const p11_token *t);
 const p11_caps *p11_token_caps(const p11_token *t);
+/* A token opened with absent_ok while absent: re-opens it (when due), logs in and probes
+ * its capabilities; 1 when done (at once for a token opened normally). */
+int p11_token_complete(p11_token *t);
 /* Process-wide epoch: changes when sessions/objects were lost (fork, recovery). */
 unsigned long p11_token_epoch(const p11_token *t);
 

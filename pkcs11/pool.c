@@ -22,6 +22,7 @@
  * Levels. A member below the configured minimum is never used; the pool offers what
  * every member in use offers (caps), and its level now is its lowest usable member's. */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +34,79 @@
 
 /* ------------------------------------------------------------- members */
 
+static int is_late(p11_pool *p, unsigned i)
+{
+    return __atomic_load_n(&p->m[i].late, __ATOMIC_ACQUIRE);
+}
+
 static int usable(p11_pool *p, unsigned i)
 {
-    return !p->m[i].below && !p11_token_lost(p->m[i].t, NULL, 0, NULL);
+    return !p->m[i].below && !is_late(p, i) && !p11_token_lost(p->m[i].t, NULL, 0, NULL);
+}
+
+/* A member is never used again (in this process): why, for the status and the log. */
+static void refuse(p11_pool *p, unsigned i, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void refuse(p11_pool *p, unsigned i, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->m[i].why, sizeof(p->m[i].why), fmt, ap);
+    va_end(ap);
+    p->m[i].below = 2;
+    p11_debug("pool: member %s (token '%s') refused: %s", p->m[i].name, p11_token_label(p->m[i].t),
+              p->m[i].why);
+}
+
+/* A member not reached at start: when its token answers, the checks the others passed
+ * at start (level, handle key and its fingerprint, the server keys loaded since), then
+ * in use. Leaves it late while its token does not answer. */
+static void admit(p11_pool *p, unsigned i)
+{
+    struct member *m = &p->m[i];
+    const p11_caps *c;
+    int refused = 0, ok = 1;
+
+    ERR_set_mark();
+    if (!p11_token_complete(m->t)) {
+        ERR_pop_to_mark();
+        return;
+    }
+    c = p11_token_caps(m->t);
+    if (c->level < p->min) {
+        m->below = 1;
+        ERR_pop_to_mark();
+        p11_debug("pool: member %s (token '%s') reached: below min-assurance, not used", m->name,
+                  p11_token_label(m->t));
+        return;
+    }
+    if (!p11_tls_prepare(m->t)) {
+        ok = 0;
+        if (!p11_token_lost(m->t, NULL, 0, NULL))
+            refuse(p, i, "its handle key is missing (run p11tls-tool provision)");
+    } else if (p->have_fp && c->level != P11_LEVEL_NONE) {
+        unsigned char fp[16];
+        if (!p11_tls_handle_key_fingerprint(m->t, fp)) {
+            ok = 0;
+        } else if (memcmp(fp, p->fp, sizeof(fp)) != 0) {
+            ok = 0;
+            refuse(p, i, "it holds another handle key than the members in use");
+        }
+    }
+    pthread_mutex_lock(&p->keys_lock);
+    for (p11_pool_key *k = p->keys; ok && k != NULL; k = k->next)
+        if (!p11_pool_key_admit(k, i, &refused)) {
+            ok = 0;
+            if (refused)
+                refuse(p, i, "it lacks the server key, or holds another under its URI");
+        }
+    pthread_mutex_unlock(&p->keys_lock);
+    ERR_pop_to_mark();
+    if (ok) {
+        __atomic_store_n(&m->late, 0, __ATOMIC_RELEASE);
+        p11_debug("pool: member %s (token '%s') reached after start (%s): in use", m->name,
+                  p11_token_label(m->t), p11_level_name(c->level));
+    }
 }
 
 static void *probe_main(void *arg);
@@ -77,6 +148,11 @@ static void *probe_main(void *arg)
         pthread_mutex_unlock(&p->lock);
         for (unsigned i = 0; i < p->n; i++) {
             p11_token *t = p->m[i].t;
+            if (!p->m[i].below && is_late(p, i)) {
+                admit(p, i);
+                lost += is_late(p, i) && !p->m[i].below;
+                continue;
+            }
             if (p->m[i].below || !p11_token_lost(t, NULL, 0, NULL))
                 continue;
             ERR_set_mark();
@@ -113,6 +189,10 @@ static int pick(p11_pool *p, unsigned tried, int curve)
         unsigned i = (start + k) % p->n, load;
         if ((tried & (1u << i)) || p->m[i].below)
             continue;
+        if (is_late(p, i)) {
+            lost = 1;
+            continue;
+        }
         if (curve >= 0 && !p11_token_caps(p->m[i].t)->ecdh[curve])
             continue;
         if (p11_token_lost(p->m[i].t, NULL, 0, NULL)) {
@@ -230,7 +310,7 @@ static void combine_caps(p11_pool *p)
     int first = 1;
     for (unsigned i = 0; i < p->n; i++) {
         const p11_caps *c = p11_token_caps(p->m[i].t);
-        if (p->m[i].below)
+        if (p->m[i].below || p->m[i].late)
             continue;
         if (first) {
             p->caps = *c;
@@ -258,7 +338,7 @@ p11_pool *p11_pool_open(const p11_pool_member_cfg *mc, unsigned n, p11_level min
 {
     p11_pool *p;
     unsigned char fp0[16];
-    int have_fp = 0, in_use = 0;
+    int have_fp = 0, in_use = 0, nlate = 0;
     size_t off;
 
     if (n == 0 || n > P11_POOL_MAX) {
@@ -268,12 +348,20 @@ p11_pool *p11_pool_open(const p11_pool_member_cfg *mc, unsigned n, p11_level min
     if ((p = calloc(1, sizeof(*p))) == NULL)
         return NULL;
     pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->keys_lock, NULL);
     pthread_cond_init(&p->cond, NULL);
+    p->min = min;
     p->probe_ms = probe_ms ? probe_ms : 1000;
     for (unsigned i = 0; i < n; i++) {
         struct member *m = &p->m[i];
         snprintf(m->name, sizeof(m->name), "%s", mc[i].name ? mc[i].name : "token");
-        m->t = p11_token_open(&mc[i].cfg);
+        {
+            /* in a pool a member whose module shows no token at all is not reached
+             * yet (its device or p11-kit server is down): the pool starts without it */
+            p11_token_cfg cfg = mc[i].cfg;
+            cfg.absent_ok = n > 1;
+            m->t = p11_token_open(&cfg);
+        }
         if (m->t == NULL) {
             if (n > 1)
                 p11_err(PROV_R_INVALID_CONFIG_DATA, "pool member %s: cannot be used (above)",
@@ -291,6 +379,13 @@ p11_pool *p11_pool_open(const p11_pool_member_cfg *mc, unsigned n, p11_level min
                         p->m[j].name, m->name, p11_token_label(p->m[j].t), p11_token_label(m->t));
                 goto fail;
             }
+        if (p11_token_lost(m->t, NULL, 0, NULL)) {
+            m->late = 1;
+            nlate++;
+            p11_debug("pool: member %s (token '%s') not reached at start: probed until it is",
+                      m->name, p11_token_label(m->t));
+            continue;
+        }
         m->below = p11_token_caps(m->t)->level < min;
         if (m->below) {
             p11_debug("pool: member %s (token '%s') gives %s, below min-assurance %s: not used",
@@ -324,8 +419,16 @@ p11_pool *p11_pool_open(const p11_pool_member_cfg *mc, unsigned n, p11_level min
                 goto fail;
             }
             memcpy(fp0, fp, sizeof(fp));
-            have_fp = 1;
+            memcpy(p->fp, fp, sizeof(fp));
+            have_fp = p->have_fp = 1;
         }
+    }
+    if (in_use == 0 && nlate > 0) {
+        p11_err(PROV_R_INVALID_CONFIG_DATA,
+                "pool: no member could be reached at start (%d show no token%s); p11tls "
+                "starts with one member at least",
+                nlate, nlate == (int)n ? "" : ", the others are below min-assurance");
+        goto fail;
     }
     if (in_use == 0) {
         const p11_caps *c = p11_token_caps(p->m[0].t);
@@ -375,6 +478,7 @@ void p11_pool_free(p11_pool *p)
     for (unsigned i = 0; i < p->n; i++)
         p11_token_free(p->m[i].t);
     pthread_mutex_destroy(&p->lock);
+    pthread_mutex_destroy(&p->keys_lock);
     pthread_cond_destroy(&p->cond);
     free(p);
 }
@@ -419,10 +523,22 @@ p11_member_state p11_pool_member(p11_pool *p, unsigned i, char *buf, size_t len)
     char cause[160];
     long long since = 0;
 
+    if (m->below == 2) {
+        snprintf(buf, len, "%s token '%s' (%s): refused: %s", m->name, p11_token_label(m->t),
+                 p11_level_name(c->level), m->why);
+        return P11_MEMBER_BELOW_MIN;
+    }
     if (m->below) {
         snprintf(buf, len, "%s token '%s' (%s): not used, below min-assurance (it lacks: %s)",
                  m->name, p11_token_label(m->t), p11_level_name(c->level), c->missing);
         return P11_MEMBER_BELOW_MIN;
+    }
+    if (is_late(p, i)) {
+        if (!p11_token_lost(m->t, cause, sizeof(cause), &since))
+            snprintf(cause, sizeof(cause), "not admitted yet");
+        snprintf(buf, len, "%s token '%s': not reached since start (%s), probed every %u ms",
+                 m->name, p11_token_label(m->t), cause, p->probe_ms);
+        return P11_MEMBER_LOST;
     }
     if (p11_token_lost(m->t, cause, sizeof(cause), &since)) {
         snprintf(buf, len, "%s token '%s' (%s): lost %.1f s ago (%s), probed every %u ms", m->name,

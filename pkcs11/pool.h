@@ -9,11 +9,12 @@
 struct member {
     char name[32];
     p11_token *t;
-    int below;              /* below min-assurance: never used */
+    int below;              /* never used: 1 below min-assurance, 2 refused (why) */
+    int late;               /* not reached at start: used once the probe admits it (atomic) */
+    char why[200];          /* why it was refused */
     unsigned inflight;      /* operations in flight in this process (atomic) */
     unsigned long ops;      /* operations sent to it (atomic) */
     unsigned long failover; /* operations retried elsewhere after it was lost (atomic) */
-    int was_lost;           /* the probe's view: lost at its last look */
 };
 
 struct p11_pool {
@@ -28,7 +29,24 @@ struct p11_pool {
     pid_t probe_pid; /* the process the probe thread runs in (0: none) */
     pthread_t probe;
     int stop;
+    p11_level min;
+    unsigned char fp[16]; /* the members' handle key's fingerprint (have_fp) */
+    int have_fp;
+    pthread_mutex_t keys_lock; /* keys: the server keys loaded (a late member gets them) */
+    struct p11_pool_key *keys;
 };
+
+struct p11_pool_key {
+    p11_pool *p;
+    p11_key *k[P11_POOL_MAX]; /* NULL for members not in use */
+    unsigned first;           /* a member with the key (its public half) */
+    int refs;
+    p11_uri *uri; /* the key's id and label: to find it in a member admitted later */
+    struct p11_pool_key *next;
+};
+/* A late member's key k (with p->keys_lock held): found, and the same as the others';
+ * else 0 (*refused: another key, or none). */
+int p11_pool_key_admit(p11_pool_key *k, unsigned i, int *refused);
 
 /* One operation on the pool: fn on member `bound` (>= 0: it holds an object the
  * operation needs: never retried elsewhere), else on `prefer` (it has what the

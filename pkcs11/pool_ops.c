@@ -7,30 +7,83 @@
 #include <openssl/proverr.h>
 #include "pool.h"
 
-struct p11_pool_key {
-    p11_pool *p;
-    p11_key *k[P11_POOL_MAX]; /* NULL for members not in use */
-    unsigned first;           /* a member with the key (its public half) */
-    int refs;
-};
-
 /* ------------------------------------------------------------------ keys */
+
+/* The key's public half in member i is the one in k->first's. */
+static int same_public(p11_pool_key *k, unsigned i)
+{
+    const unsigned char *n0, *e0, *n1, *e1;
+    size_t n0l, e0l, n1l, e1l;
+    p11_key_public(k->k[k->first], &n0, &n0l, &e0, &e0l);
+    p11_key_public(k->k[i], &n1, &n1l, &e1, &e1l);
+    return n0l == n1l && e0l == e1l && memcmp(n0, n1, n0l) == 0 && memcmp(e0, e1, e0l) == 0;
+}
+
+/* A copy of what p11_key_find reads from a key URI. */
+static p11_uri *uri_copy(const p11_uri *u)
+{
+    p11_uri *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->has_id = u->has_id;
+    if (u->has_id && (c->id = malloc(u->id_len ? u->id_len : 1)) != NULL) {
+        memcpy(c->id, u->id, u->id_len);
+        c->id_len = u->id_len;
+    }
+    c->object = u->object != NULL ? strdup(u->object) : NULL;
+    c->type = u->type != NULL ? strdup(u->type) : NULL;
+    if ((u->has_id && c->id == NULL) || (u->object != NULL && c->object == NULL) ||
+        (u->type != NULL && c->type == NULL)) {
+        p11_uri_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int p11_pool_key_admit(p11_pool_key *k, unsigned i, int *refused)
+{
+    p11_pool *p = k->p;
+    *refused = 0;
+    if (k->k[i] != NULL)
+        return 1;
+    k->k[i] = p11_key_find(p->m[i].t, k->uri);
+    if (k->k[i] == NULL) {
+        *refused = !p11_token_lost(p->m[i].t, NULL, 0, NULL);
+        return 0;
+    }
+    if (!same_public(k, i)) {
+        p11_key_free(k->k[i]);
+        k->k[i] = NULL;
+        *refused = 1;
+        return 0;
+    }
+    return 1;
+}
 
 p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri)
 {
     p11_pool_key *k = calloc(1, sizeof(*k));
     int have = 0;
 
-    if (k == NULL)
+    if (k == NULL || (k->uri = uri_copy(uri)) == NULL) {
+        free(k);
         return NULL;
+    }
     k->p = p;
     k->refs = 1;
     for (unsigned i = 0; i < p->n; i++) {
-        const unsigned char *n0, *e0, *n1, *e1;
-        size_t n0l, e0l, n1l, e1l;
-        if (p->m[i].below)
-            continue;
+        if (p->m[i].below || __atomic_load_n(&p->m[i].late, __ATOMIC_ACQUIRE))
+            continue; /* (a late member gets it when it is admitted) */
+        ERR_set_mark();
         k->k[i] = p11_key_find(p->m[i].t, uri);
+        if (k->k[i] == NULL && p->n > 1 && p11_token_lost(p->m[i].t, NULL, 0, NULL)) {
+            /* lost now (a reload during its outage): admitted again with this key
+             * checked, as a member not reached at start */
+            ERR_pop_to_mark();
+            __atomic_store_n(&p->m[i].late, 1, __ATOMIC_RELEASE);
+            continue;
+        }
+        ERR_clear_last_mark();
         if (k->k[i] == NULL) {
             if (p->n > 1)
                 p11_err(PROV_R_INVALID_KEY, "pool member %s (token '%s') lacks the key",
@@ -42,9 +95,7 @@ p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri)
             have = 1;
             continue;
         }
-        p11_key_public(k->k[k->first], &n0, &n0l, &e0, &e0l);
-        p11_key_public(k->k[i], &n1, &n1l, &e1, &e1l);
-        if (n0l != n1l || e0l != e1l || memcmp(n0, n1, n0l) != 0 || memcmp(e0, e1, e0l) != 0) {
+        if (!same_public(k, i)) {
             p11_err(PROV_R_INVALID_KEY,
                     "pool member %s (token '%s') holds another key under this URI than member "
                     "%s: every member must hold the same server key",
@@ -52,9 +103,20 @@ p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri)
             goto fail;
         }
     }
+    if (!have) {
+        p11_err(PROV_R_INVALID_KEY, "pool: no member in use to load the key from");
+        goto fail;
+    }
+    pthread_mutex_lock(&p->keys_lock);
+    k->next = p->keys;
+    p->keys = k;
+    pthread_mutex_unlock(&p->keys_lock);
     return k;
 fail:
-    p11_pool_key_free(k);
+    for (unsigned i = 0; i < P11_POOL_MAX; i++)
+        p11_key_free(k->k[i]);
+    p11_uri_free(k->uri);
+    free(k);
     return NULL;
 }
 
@@ -68,8 +130,16 @@ void p11_pool_key_free(p11_pool_key *k)
 {
     if (k == NULL || __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
+    pthread_mutex_lock(&k->p->keys_lock);
+    for (p11_pool_key **pp = &k->p->keys; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == k) {
+            *pp = k->next;
+            break;
+        }
+    pthread_mutex_unlock(&k->p->keys_lock);
     for (unsigned i = 0; i < P11_POOL_MAX; i++)
         p11_key_free(k->k[i]);
+    p11_uri_free(k->uri);
     free(k);
 }
 
@@ -93,6 +163,10 @@ static int do_sign(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
+    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
+        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+        return 0;
+    }
     return p11_rsa_sign(a->k->k[i], a->mech, a->in, a->inlen, a->out, a->outlen);
 }
 
@@ -100,6 +174,10 @@ static int do_decrypt(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
+    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
+        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+        return 0;
+    }
     return p11_rsa_decrypt(a->k->k[i], a->mech, a->in, a->inlen, a->out, a->outlen);
 }
 
@@ -107,6 +185,10 @@ static int do_unwrap(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
+    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
+        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+        return 0;
+    }
     return p11_tls_pms_unwrap(a->k->k[i], a->in, a->inlen, a->cv, a->av, a->out);
 }
 

@@ -412,3 +412,10 @@ int p11_token_lost(p11_token *t, char *cause, size_t len, long long *since_ms)
     pthread_mutex_unlock(&t->lock);
     return lost;
 }
+
+void p11_token_mark_absent(p11_token *t, const char *cause)
+{
+    pthread_mutex_lock(&t->lock);
+    mark_lost_locked(t, cause, 0);
+    pthread_mutex_unlock(&t->lock);
+}

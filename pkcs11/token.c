@@ -73,6 +73,7 @@ int p11_token_select_slot(p11_token *t)
         }
     }
     free(slots);
+    t->tokens_seen = off > 0;
     if (!found)
         p11_err(PROV_R_INVALID_CONFIG_DATA, "token: no token matches '%s' (tokens present: %s)",
                 t->uri_text, off ? seen : "none");
@@ -226,6 +227,8 @@ static void register_exit_flag(void)
     (void)atexit(mark_exiting);
 }
 
+static void probe_caps(p11_token *t, p11_session *s);
+
 p11_token *p11_token_open(const p11_token_cfg *cfg)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -313,12 +316,61 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
         t->uri->pin_value = NULL;
     }
 
-    if (!p11_token_select_slot(t))
+    t->force_ms = cfg->force_ms;
+    t->ecdhe_strict = cfg->ecdhe_strict;
+    ERR_set_mark();
+    if (!p11_token_select_slot(t)) {
+        if (cfg->absent_ok && !t->tokens_seen) {
+            /* (a pool member whose module shows no token at all: not reached yet; the
+             * pool probes it, and p11_token_complete finishes opening it) */
+            ERR_pop_to_mark();
+            snprintf(t->label, sizeof(t->label), "%s", t->uri->token != NULL ? t->uri->token : "?");
+            t->caps_pending = 1;
+            p11_token_mark_absent(t, "no token present when p11tls started");
+            return t;
+        }
+        ERR_clear_last_mark();
         goto fail;
+    }
+    ERR_clear_last_mark();
     /* Open the first session now: this logs in, so a bad PIN fails here. */
     if (!p11_session_get(t, &s))
         goto fail;
-    p11_caps_probe(t->fl, t->slot, s.h, cfg->force_ms, &t->caps);
+    probe_caps(t, &s);
+    p11_session_put(&s, CKR_OK);
+    p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
+              p11_ms_strategy_name(t->caps.ms));
+    return t;
+fail:
+    p11_token_free(t);
+    return NULL;
+}
+
+int p11_token_complete(p11_token *t)
+{
+    p11_session s;
+    int ok;
+    pthread_mutex_lock(&t->lock);
+    ok = !t->caps_pending;
+    pthread_mutex_unlock(&t->lock);
+    if (ok)
+        return 1;
+    if (!p11_session_get(t, &s)) /* re-opens the module, finds the slot, logs in */
+        return 0;
+    probe_caps(t, &s);
+    p11_session_put(&s, CKR_OK);
+    pthread_mutex_lock(&t->lock);
+    t->caps_pending = 0;
+    pthread_mutex_unlock(&t->lock);
+    p11_debug("token '%s' ready (after start): level %s (%s)", t->label,
+              p11_level_name(t->caps.level), p11_ms_strategy_name(t->caps.ms));
+    return 1;
+}
+
+static void probe_caps(p11_token *t, p11_session *sp)
+{
+    p11_session s = *sp;
+    p11_caps_probe(t->fl, t->slot, s.h, t->force_ms, &t->caps);
     /* ECDHE in the token where both key schedules take the shared secret as an
      * object: with their mechanisms, or at `transient` as an HMAC key (TLS 1.2) and
      * through C_DigestKey (TLS 1.3's extract, hmac.c). */
@@ -332,14 +384,6 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     } else {
         t->caps.ecdhe_why = "the token runs no TLS key schedule to take the shared secret";
     }
-    t->ecdhe_strict = cfg->ecdhe_strict;
-    p11_session_put(&s, CKR_OK);
-    p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
-              p11_ms_strategy_name(t->caps.ms));
-    return t;
-fail:
-    p11_token_free(t);
-    return NULL;
 }
 
 void p11_token_free(p11_token *t)

@@ -10,6 +10,8 @@
 #     interval (printed), and A serves operations again; no nginx restart
 #   3 resumption: sessions made while only A serves (TLS 1.2 by ticket and by session
 #     ID, TLS 1.3) resume when only B serves
+#   3b a start without a member: nginx starts while A's server is down (B serves); A's
+#     server started: each worker admits A (checks as at start) within the probe interval
 #   4 bad input, refused at load with the member named: another handle key (token C),
 #     another server key (token D), a member URI that matches no token, a wrong PIN
 #   5 levels: NSS softoken (`sealed`) and SoftHSM2 (`transient`) in one pool: level
@@ -116,6 +118,10 @@ check "check: the key matches and the four handshakes run on the pool" has "$out
 check "check: after its handshakes both members served operations" \
   has "$after" "member1 token 'pool-a' (transient): in use, [1-9][0-9]* operations"
 check "check: ... member2 too" has "$after" "member2 token 'pool-b' (transient): in use, [1-9][0-9]* operations"
+
+out=$(OPENSSL_CONF=$CNF openssl list -providers -verbose 2>&1 || true)
+check "openssl list -providers -verbose shows each member's state" \
+  has "$out" "member1 token 'pool-a' (transient): in use, 0 operations; member2 token 'pool-b' (transient): in use"
 
 # ------------------------------------------------------------------ nginx
 debug=$WORK/p11tls-debug.log
@@ -300,10 +306,61 @@ for k in "${kinds[@]}"; do
     tail -5 "$f.resumed" | sed 's/^/#   /' >&2
   fi
 done
+out=$("$TOOL" info --conf "$CNF" 2>&1) || true
+check "info --conf with A down: the pool starts without A and says why" \
+  has "$out" "member1 token 'pool-a': not reached since start (no token present when p11tls started)"
 check "nginx master $master still running, not restarted or reloaded" \
   bash -c "kill -0 $master && [ \$(grep -c 'start worker process [0-9]' '$ngx/error.log') -eq 2 ] && ! grep -q 'reconfiguring' '$ngx/error.log'"
 ngx_stop "$ngx"
-check "A's p11-kit server restarted for the next part" restart_server a
+
+# ------------------------------------------------------- 3b a start without a member
+echo "# 3b nginx starts while A is down; A joins when its server is back"
+ngx=$WORK/ngx2
+mkdir -p "$ngx"
+port=$(p11_free_port)
+url=https://localhost:$port/
+ngx_write_conf "$ngx" "$port" workers=2 user=root protocols="TLSv1.2 TLSv1.3" \
+  key="$WORK/key.pem" cert="$WORK/server.pem"
+if P11TLS_DEBUG=$debug ngx_start "$ngx" "$CNF"; then
+  ok "nginx starts on the pool with A down"
+else
+  not_ok "nginx starts on the pool with A down"
+fi
+good=0
+for i in $(seq 1 12); do
+  [ "$(curl_p --max-time 5 -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)" = 200 ] && good=$((good + 1))
+done
+check "with A down since the start: 12/12 requests answered on B ($good)" [ "$good" -eq 12 ]
+rm -f "$WORK"/load.*
+load_start
+answers_at a >"$WORK/a.up" &
+up_pid=$!
+check "A's p11-kit server started" restart_server a
+wait "$up_pid" || true
+t_up=$(cat "$WORK/a.up")
+joined=""
+for i in $(seq 1 100); do
+  joined=$(grep -F "(token 'pool-a') reached after start" "$debug" | awk -v s="$t_up" '$2 >= s { print $1, $2 }' |
+    sort -u -k1,1 | awk '{ if ($2 > m) m = $2; n++ } END { if (n >= 2) print m }')
+  [ -n "$joined" ] && break
+  sleep 0.1
+done
+if [ -n "$joined" ]; then
+  secs=$(awk -v a="$t_up" -v b="$joined" 'BEGIN { printf "%.2f", b - a }')
+  echo "#   both workers admitted A $secs s after its server first answered"
+  check "A joins within the probe interval ($secs s <= $PROBE_MS ms + 0.5 s)" \
+    awk -v s="$secs" -v p="$PROBE_MS" 'BEGIN { exit !(s <= p / 1000 + 0.5) }'
+else
+  not_ok "A joins (no 'reached after start' from both workers within 10 s)"
+fi
+cpu0=$(handler_cpu a)
+sleep 3
+cpu1=$(handler_cpu a)
+load_end
+check "A serves operations (its handlers' CPU: $cpu0 -> $cpu1 ticks)" [ "$cpu1" -gt "$cpu0" ]
+failed=$(awk '!($3 == 0 && $0 ~ /http=200/)' "$WORK/load.all" | wc -l)
+check "no request failed meanwhile ($failed of $(wc -l <"$WORK/load.all"))" [ "$failed" -eq 0 ]
+ngx_stop "$ngx"
 
 # ------------------------------------------------------- 4 bad input
 echo "# 4 bad input"

@@ -59,17 +59,21 @@ mk() { # mk NAME KIND [make-token args...]
   P11TLS_TOOL=$TOOL bash "$src/scripts/make-token.sh" --kind "$kind" --dir "$WORK/tok-$name" \
     --label "pool-$name" --no-client "$@" >"$WORK/$name.make.log" 2>&1
 }
-remote_module() { # remote_module NAME: a p11-kit module for token NAME's server
+remote_module() { # remote_module NAME: a p11-kit module for token NAME's server, named
+  # in MOD (not in a subshell: MODS lists the files the clean-up removes)
   local f=/etc/pkcs11/modules/p11tls-test-$$-$1.module
   mkdir -p /etc/pkcs11/modules
   MODS+=("$f")
   printf '# p11tls pool.sh (removed at its end)\nremote: unix:path=%s\n' "$WORK/tok-$1/p11kit.sock" >"$f"
-  echo "p11tls-test-$$-$1"
+  MOD=p11tls-test-$$-$1
 }
 shared=(--key-backup "$BK" --passphrase-file "$PASS" --server-key "$WORK/server.key")
 check "token A behind its p11-kit server (shared handle key, imported server key)" mk a softhsm-remote "${shared[@]}"
 check "token B behind its p11-kit server (the same)" mk b softhsm-remote "${shared[@]}"
-MOD_A=$(remote_module a) MOD_B=$(remote_module b)
+remote_module a
+MOD_A=$MOD
+remote_module b
+MOD_B=$MOD
 
 # pool_cnf FILE [min-assurance] MEMBER...: MEMBER is "module|init-args|token-uri|pin-file"
 pool_cnf() {
@@ -386,7 +390,10 @@ check "token C: its own handle key, the same server key" \
   mk c softhsm-remote --server-key "$WORK/server.key" --passphrase-file "$PASS"
 check "token D: the shared handle key, a server key of its own" \
   mk d softhsm-remote --key-backup "$BK" --passphrase-file "$PASS"
-MOD_C=$(remote_module c) MOD_D=$(remote_module d)
+remote_module c
+MOD_C=$MOD
+remote_module d
+MOD_D=$MOD
 refused() { # refused TEXT PATTERN CONF [check args]: check --conf fails, naming the cause
   local what=$1 pat=$2 cnf=$3 out rc=0
   shift 3
@@ -439,4 +446,5 @@ check "min-assurance sealed: the status says why SoftHSM2 is not used" \
   grep -q "member1 token 'pool-s' (transient): not used, below min-assurance (it lacks: " <<<"$after"
 check "min-assurance sealed: only NSS served the handshakes" \
   grep -q "member2 token 'NSS Certificate DB' (sealed): in use, [1-9][0-9]* operations" <<<"$after"
+check "the clean-up will remove the ${#MODS[@]} p11-kit module files written" [ "${#MODS[@]}" -eq 4 ]
 tls_finish

@@ -270,8 +270,8 @@ p11_token *tool_open_token(const struct opts *o, char *pin_source, size_t len)
 }
 
 /* Counts the objects of a class matching one attribute: 0, 1 (some) or -1 (error). */
-static int object_exists(p11_session *s, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type,
-                         const void *value, size_t len, CK_RV *last)
+int tool_object_exists(p11_session *s, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type,
+                       const void *value, size_t len, CK_RV *last)
 {
     CK_ATTRIBUTE tmpl[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {type, (void *)value, len}};
     CK_OBJECT_HANDLE h;
@@ -347,9 +347,9 @@ static int cmd_keygen(int argc, char **argv)
         return 1;
     }
 
-    r = object_exists(&s, CKO_PRIVATE_KEY, CKA_ID, id, id_len, &rv);
+    r = tool_object_exists(&s, CKO_PRIVATE_KEY, CKA_ID, id, id_len, &rv);
     if (r == 0)
-        r = object_exists(&s, CKO_PRIVATE_KEY, CKA_LABEL, o.label, strlen(o.label), &rv);
+        r = tool_object_exists(&s, CKO_PRIVATE_KEY, CKA_LABEL, o.label, strlen(o.label), &rv);
     if (r < 0) {
         tool_fail_report("cannot search the token for an existing key");
         goto done;

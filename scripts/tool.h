@@ -19,6 +19,10 @@ int tool_require(const char *value, const char *name); /* 0 (said) when value is
 p11_token *tool_open_token(const struct opts *o, char *pin_source, size_t len);
 void tool_hex(const unsigned char *b, size_t n, char *out); /* 2n + 1 bytes */
 void tool_fail_report(const char *what);                    /* what, then OpenSSL's errors */
+/* Objects of class cls with one attribute equal to value: 1 some, 0 none, -1 error (raised,
+ * its CKR_ in *last). */
+int tool_object_exists(p11_session *s, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type,
+                       const void *value, size_t len, CK_RV *last);
 
 /* `p11tls-tool info` (tool_info.c) */
 int tool_info(int argc, char **argv);

@@ -63,18 +63,11 @@ static unsigned char *bn_bytes(const EVP_PKEY *k, const char *name, CK_ULONG *le
     return out;
 }
 
+/* A private key with this attribute value: 1, 0 none, -1 the lookup failed. */
 static int exists(p11_session *s, CK_ATTRIBUTE_TYPE type, const void *v, size_t len)
 {
-    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {type, (void *)v, len}};
-    CK_OBJECT_HANDLE h;
-    CK_ULONG n = 0;
-    CK_RV rv = P11_CALL(s->fl, C_FindObjectsInit, s->h, t, 2);
-    if (rv == CKR_OK) {
-        rv = P11_CALL(s->fl, C_FindObjects, s->h, &h, 1, &n);
-        (void)P11_CALL(s->fl, C_FindObjectsFinal, s->h);
-    }
-    return rv != CKR_OK ? -1 : n > 0;
+    CK_RV last = CKR_OK;
+    return tool_object_exists(s, CKO_PRIVATE_KEY, type, v, len, &last);
 }
 
 int tool_import_key(p11_token *t, const char *key_file, const char *passfile, const char *label,

@@ -2,9 +2,10 @@
  * takes to RSA-decrypt (C_UnwrapKey, CKM_RSA_PKCS, as p11tls does) a ClientKeyExchange
  * whose padding is valid, and one whose padding is not (wrong first byte, wrong block
  * type, no zero separator). A token whose decryption takes longer when it fails leaks
- * padding validity by itself (SoftHSM2 2.6.1 writes a syslog line), whatever p11tls
- * does around it; tests/oracle.sh gives these figures to rsa_oracle, which then judges
- * what p11tls adds on top of the token's own difference.
+ * padding validity by itself (SoftHSM2 2.6.1 tries to write a syslog line), whatever
+ * p11tls does around it. tests/oracle.sh shows these figures next to the token's part
+ * measured inside the servers (rsa_oracle -S), which is what the test goes by: in
+ * isolation the token's difference comes out smaller than in a server.
  *
  * The calls go straight to the module's function list (no p11tls wrapper), one
  * session, interleaved cases in a new random order each round, a pool of different

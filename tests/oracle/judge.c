@@ -90,12 +90,10 @@ static int judge_span(void)
             die("out of memory");
         for (int t = 0; t < c->nus; t++) {
             double in;
-            int n;
             if (c->w0[t] + c->us[t] > until)
                 continue; /* its calls may not be written yet */
-            n = span_window(S, c->w0[t], c->w0[t] + c->us[t], &in, &c->sig[c->ncov], fn,
-                            &c->pos[(size_t)c->ncov * SPAN_MAXCALLS], SPAN_MAXCALLS);
-            (void)n;
+            (void)span_window(S, c->w0[t], c->w0[t] + c->us[t], &in, &c->sig[c->ncov], fn,
+                              &c->pos[(size_t)c->ncov * SPAN_MAXCALLS], SPAN_MAXCALLS);
             c->tok[c->ncov] = in;
             c->host[c->ncov] = c->us[t] - in;
             sorted[c->ncov] = c->sig[c->ncov];

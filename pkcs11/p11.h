@@ -65,6 +65,9 @@ typedef struct p11_uri {
 /* Returns 1 and *out, or 0 with a message naming the attribute in err. */
 int p11_uri_parse(const char *str, p11_uri **out, char *err, size_t errlen);
 void p11_uri_free(p11_uri *uri);
+/* A copy of the object part of a URI (id, object, type: what p11_key_find reads); the
+ * token part and any PIN are left out. NULL when out of memory. */
+p11_uri *p11_uri_object_copy(const p11_uri *uri);
 /* Matchers: 1 when every attribute present in uri matches the (space-padded) info. */
 int p11_uri_match_library(const p11_uri *uri, const CK_INFO *info);
 int p11_uri_match_slot(const p11_uri *uri, CK_SLOT_ID id, const CK_SLOT_INFO *info);

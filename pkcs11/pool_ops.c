@@ -19,25 +19,13 @@ static int same_public(p11_pool_key *k, unsigned i)
     return n0l == n1l && e0l == e1l && memcmp(n0, n1, n0l) == 0 && memcmp(e0, e1, e0l) == 0;
 }
 
-/* A copy of what p11_key_find reads from a key URI. */
-static p11_uri *uri_copy(const p11_uri *u)
+/* Frees k's objects (not linked in p->keys, or unlinked). */
+static void release(p11_pool_key *k)
 {
-    p11_uri *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
-    c->has_id = u->has_id;
-    if (u->has_id && (c->id = malloc(u->id_len ? u->id_len : 1)) != NULL) {
-        memcpy(c->id, u->id, u->id_len);
-        c->id_len = u->id_len;
-    }
-    c->object = u->object != NULL ? strdup(u->object) : NULL;
-    c->type = u->type != NULL ? strdup(u->type) : NULL;
-    if ((u->has_id && c->id == NULL) || (u->object != NULL && c->object == NULL) ||
-        (u->type != NULL && c->type == NULL)) {
-        p11_uri_free(c);
-        return NULL;
-    }
-    return c;
+    for (unsigned i = 0; i < P11_POOL_MAX; i++)
+        p11_key_free(k->k[i]);
+    p11_uri_free(k->uri);
+    free(k);
 }
 
 int p11_pool_key_admit(p11_pool_key *k, unsigned i, int *refused)
@@ -65,7 +53,7 @@ p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri)
     p11_pool_key *k = calloc(1, sizeof(*k));
     int have = 0;
 
-    if (k == NULL || (k->uri = uri_copy(uri)) == NULL) {
+    if (k == NULL || (k->uri = p11_uri_object_copy(uri)) == NULL) {
         free(k);
         return NULL;
     }
@@ -113,10 +101,7 @@ p11_pool_key *p11_pool_key_find(p11_pool *p, const p11_uri *uri)
     pthread_mutex_unlock(&p->keys_lock);
     return k;
 fail:
-    for (unsigned i = 0; i < P11_POOL_MAX; i++)
-        p11_key_free(k->k[i]);
-    p11_uri_free(k->uri);
-    free(k);
+    release(k);
     return NULL;
 }
 
@@ -137,10 +122,7 @@ void p11_pool_key_free(p11_pool_key *k)
             break;
         }
     pthread_mutex_unlock(&k->p->keys_lock);
-    for (unsigned i = 0; i < P11_POOL_MAX; i++)
-        p11_key_free(k->k[i]);
-    p11_uri_free(k->uri);
-    free(k);
+    release(k);
 }
 
 void p11_pool_key_public(const p11_pool_key *k, const unsigned char **n, size_t *nlen,
@@ -159,14 +141,21 @@ struct key_arg {
     unsigned cv, av;
 };
 
+/* Never false in practice: members without the key are late, and not picked. */
+static int has_key(const struct key_arg *a, unsigned i)
+{
+    if (a->k->k[i] != NULL)
+        return 1;
+    p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+    return 0;
+}
+
 static int do_sign(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
-    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
-        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+    if (!has_key(a, i))
         return 0;
-    }
     return p11_rsa_sign(a->k->k[i], a->mech, a->in, a->inlen, a->out, a->outlen);
 }
 
@@ -174,10 +163,8 @@ static int do_decrypt(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
-    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
-        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+    if (!has_key(a, i))
         return 0;
-    }
     return p11_rsa_decrypt(a->k->k[i], a->mech, a->in, a->inlen, a->out, a->outlen);
 }
 
@@ -185,10 +172,8 @@ static int do_unwrap(p11_token *t, unsigned i, void *v)
 {
     struct key_arg *a = v;
     (void)t;
-    if (a->k->k[i] == NULL) { /* (not picked: members without it are late) */
-        p11_err(ERR_R_INTERNAL_ERROR, "pool: member %u has no key object", i + 1);
+    if (!has_key(a, i))
         return 0;
-    }
     return p11_tls_pms_unwrap(a->k->k[i], a->in, a->inlen, a->cv, a->av, a->out);
 }
 

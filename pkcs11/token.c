@@ -227,7 +227,7 @@ static void register_exit_flag(void)
     (void)atexit(mark_exiting);
 }
 
-static void probe_caps(p11_token *t, p11_session *s);
+static void probe_caps(p11_token *t, CK_SESSION_HANDLE h);
 
 p11_token *p11_token_open(const p11_token_cfg *cfg)
 {
@@ -336,7 +336,7 @@ p11_token *p11_token_open(const p11_token_cfg *cfg)
     /* Open the first session now: this logs in, so a bad PIN fails here. */
     if (!p11_session_get(t, &s))
         goto fail;
-    probe_caps(t, &s);
+    probe_caps(t, s.h);
     p11_session_put(&s, CKR_OK);
     p11_debug("token '%s' ready: level %s (%s)", t->label, p11_level_name(t->caps.level),
               p11_ms_strategy_name(t->caps.ms));
@@ -357,7 +357,7 @@ int p11_token_complete(p11_token *t)
         return 1;
     if (!p11_session_get(t, &s)) /* re-opens the module, finds the slot, logs in */
         return 0;
-    probe_caps(t, &s);
+    probe_caps(t, s.h);
     p11_session_put(&s, CKR_OK);
     pthread_mutex_lock(&t->lock);
     t->caps_pending = 0;
@@ -367,16 +367,15 @@ int p11_token_complete(p11_token *t)
     return 1;
 }
 
-static void probe_caps(p11_token *t, p11_session *sp)
+static void probe_caps(p11_token *t, CK_SESSION_HANDLE h)
 {
-    p11_session s = *sp;
-    p11_caps_probe(t->fl, t->slot, s.h, t->force_ms, &t->caps);
+    p11_caps_probe(t->fl, t->slot, h, t->force_ms, &t->caps);
     /* ECDHE in the token where both key schedules take the shared secret as an
      * object: with their mechanisms, or at `transient` as an HMAC key (TLS 1.2) and
      * through C_DigestKey (TLS 1.3's extract, hmac.c). */
     if (t->caps.ms != P11_MS_NONE && t->caps.tls13 != P11_MS_NONE) {
         for (int c = 0; c < P11_CURVE_N; c++)
-            t->caps.ecdh[c] = p11_ecdh_probe(t->fl, s.h, t, (p11_curve)c);
+            t->caps.ecdh[c] = p11_ecdh_probe(t->fl, h, t, (p11_curve)c);
         t->caps.ecdhe_why = t->caps.tls13 == P11_MS_HMAC
                                 ? "the token has no EC key generation, ECDH or C_DigestKey "
                                   "for these curves"

@@ -115,6 +115,26 @@ void p11_uri_free(p11_uri *uri)
     free(uri);
 }
 
+p11_uri *p11_uri_object_copy(const p11_uri *u)
+{
+    p11_uri *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->has_id = u->has_id;
+    if (u->has_id && (c->id = malloc(u->id_len ? u->id_len : 1)) != NULL) {
+        memcpy(c->id, u->id, u->id_len);
+        c->id_len = u->id_len;
+    }
+    c->object = u->object != NULL ? strdup(u->object) : NULL;
+    c->type = u->type != NULL ? strdup(u->type) : NULL;
+    if ((u->has_id && c->id == NULL) || (u->object != NULL && c->object == NULL) ||
+        (u->type != NULL && c->type == NULL)) {
+        p11_uri_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 /* ------------------------------------------------------------ characters */
 
 static int is_alpha(unsigned char c)
